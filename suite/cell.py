@@ -1,0 +1,146 @@
+"""The resolved configuration of one cell of an experiment matrix.
+
+A :class:`CellConfig` is what the training loop, the tracker and the checker consume: every value is
+resolved (no matrix axes, no environment variables left), the dataclasses are frozen, and the
+:attr:`CellConfig.cell_id` is a hash of everything that changes the result. Where a cell is tracked
+(the MLflow URI) and which device runs it are deliberately not part of the cell.
+
+``suite.config`` builds cells from experiment files; tests and the benchmark build them directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+STRATEGIES = ("local", "sync", "momentum", "shuffle")
+METHODS = ("byol", "mocov2", "m2t")
+OPTIMIZERS = ("sgd", "lars")
+ENCODERS = ("student", "teacher")
+VARIANCES = ("official", "standard")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where, at which resolution."""
+
+    name: str = "digits"
+    root: str | None = None
+    image_size: int = 32
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Method and heads. ``None`` means "the method's standard value" (resolved by the method)."""
+
+    name: str = "byol"
+    proj_hidden: int | None = None  # BYOL/M2T 4096, MoCo v2 = backbone width (2048 for R50)
+    proj_dim: int | None = None  # BYOL/M2T 256, MoCo v2 128
+    pred_hidden: int | None = None  # BYOL/M2T 4096 (MoCo v2 has no predictor)
+    base_momentum: float | None = None  # teacher EMA m0: BYOL/M2T 0.99, MoCo v2 0.999
+    queue_size: int = 65536  # MoCo v2 only; sized down to the data by the method
+    temperature: float = 0.2  # MoCo v2 InfoNCE temperature
+    symmetric: bool = False  # MoCo v2 symmetric loss
+    cifar_stem: bool | None = None  # None: automatic (image_size <= 64)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule (per-iteration linear warm-up, then cosine to 0)."""
+
+    name: str = "sgd"
+    lr_per_256: float = 0.05  # lr = lr_per_256 * batch_size / 256
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 10.0
+    warmup_lr: float = 1e-6
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation protocol: recorded with every number it produces."""
+
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    linear_epochs: int = 100
+    linear_lr: float = 0.1
+    linear_batch_size: int = 256
+    encoder: str | None = None  # None: BYOL evaluates the student, M2T the teacher, MoCo the query
+    random_init_floor: bool = True  # also probe the untrained encoder
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """One trained-and-evaluated configuration: a point of the experiment matrix."""
+
+    experiment: str = "adhoc"
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: str = "resnet18"
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    epochs: int = 1
+    max_steps: int | None = None  # stop early (smoke runs); schedules still span epochs
+    batch_size: int = 64  # global batch per view
+    devices: int = 1  # per-device BN statistics as on this many devices
+    nproc: int = 1  # processes (torchrun); devices must be a multiple of nproc
+    student_bn: str = "local"
+    teacher_bn: str = "local"
+    bn_variance: str = "official"  # MomentumBN variance convention
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool | None = None  # None: on CUDA only
+    log_every: int = 10
+    checkpoint_every: int = 200
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def method_name(self) -> str:
+        return self.method.name
+
+    @property
+    def eval_encoder(self) -> str:
+        if self.eval.encoder is not None:
+            return self.eval.encoder
+        return "teacher" if self.method.name == "m2t" else "student"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view (``data.name``, ``optim.lr_per_256`` …) for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+    @property
+    def cell_id(self) -> str:
+        """12 hex digits of SHA-256 over the canonical JSON of the resolved cell."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CellConfig:
+        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        sub = {"data": DataConfig, "method": MethodConfig, "optim": OptimConfig, "eval": EvalConfig}
+        kwargs = dict(d)
+        for key, typ in sub.items():
+            if key in kwargs and isinstance(kwargs[key], dict):
+                kwargs[key] = typ(**kwargs[key])
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> CellConfig:
+        return dataclasses.replace(self, **changes)
