@@ -1,0 +1,207 @@
+"""Grouped batch normalisation: the one computation behind the ``local`` and ``sync`` strategies.
+
+A batch of N samples is cut into G contiguous groups of N/G samples (group g = samples
+[g·N/G, (g+1)·N/G)). Each group is normalised with its own statistics, per channel c:
+
+    μ_gc = mean over (samples of g, spatial) of x,   σ²_gc = biased variance over the same,
+    y = γ_c · (x − μ_gc) / sqrt(σ²_gc + ε) + b_c.
+
+With a process group, group g's statistics are taken over group g of *every* process (the
+per-process statistics are combined exactly: pooled mean and pooled biased variance), which is
+what SyncBatchNorm computes. The backward pass is the closed form of that normalisation,
+
+    ∂L/∂x = γ·r · (dy − Σdy/n − x̂·Σ(dy·x̂)/n),   r = 1/sqrt(σ² + ε),  x̂ = (x − μ)·r,
+
+with Σ and n over the group (all processes), so the two sums are all-reduced in the backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def grouped(x: Tensor, groups: int) -> Tensor:
+    """View ``x`` [N, C, *] as [G, N/G, C, L] (no copy for contiguous or channels_last input)."""
+    n, c = x.shape[0], x.shape[1]
+    if n % groups:
+        raise ValueError(
+            f"batch of {n} samples cannot be split into {groups} equal groups "
+            f"(devices × views = {groups}); choose a batch size divisible by {groups}"
+        )
+    return x.reshape(groups, n // groups, c, -1)
+
+
+def group_stats(x: Tensor, groups: int) -> tuple[Tensor, Tensor, int]:
+    """Per-group, per-channel mean and *biased* variance ([G, C] each, float32) and the count n."""
+    xg = grouped(x, groups)
+    if xg.dtype != torch.float32 and xg.dtype != torch.float64:
+        xg = xg.float()
+    var, mean = torch.var_mean(xg, dim=(1, 3), correction=0)
+    return mean, var, xg.shape[1] * xg.shape[3]
+
+
+def _pool_across_processes(
+    mean: Tensor, var: Tensor, count: int, group: dist.ProcessGroup | None
+) -> tuple[Tensor, Tensor, int]:
+    """Exact pooled mean and biased variance of the same group over all processes.
+
+    Each process contributes (n_i, μ_i, σ²_i); pooled μ = Σ n_i μ_i / Σ n_i and
+    σ² = Σ n_i (σ²_i + (μ_i − μ)²) / Σ n_i (no sum-of-squares cancellation).
+    """
+    world = dist.get_world_size(group)
+    packed = torch.stack([mean, var, torch.full_like(mean, float(count))])  # [3, G, C]
+    gathered = [torch.empty_like(packed) for _ in range(world)]
+    dist.all_gather(gathered, packed.contiguous(), group=group)
+    allp = torch.stack(gathered)  # [W, 3, G, C]
+    n_i = allp[:, 2]
+    total = n_i.sum(0)
+    pooled_mean = (n_i * allp[:, 0]).sum(0) / total
+    pooled_var = (n_i * (allp[:, 1] + (allp[:, 0] - pooled_mean) ** 2)).sum(0) / total
+    return pooled_mean, pooled_var, int(total.flatten()[0].item())
+
+
+class _GroupNormalize(torch.autograd.Function):
+    """y = γ·(x − μ_g)·r_g + b for given group statistics; closed-form backward (see module)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, rstd, groups, count, process_group):  # type: ignore[override]
+        scale = rstd if weight is None else rstd * weight.float()
+        shift = -mean * scale if bias is None else bias.float() - mean * scale
+        xg = grouped(x, groups).float()
+        # Write into a tensor of x's shape (and memory format): the output must not be a view,
+        # or in-place ops after BN (ReLU(inplace=True)) would be refused by autograd.
+        y = torch.empty_like(x, dtype=torch.float32)
+        yg = grouped(y, groups)
+        if yg.data_ptr() != y.data_ptr() or not yg._is_view():
+            y = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+            yg = grouped(y, groups)
+        torch.addcmul(shift[:, None, :, None], xg, scale[:, None, :, None], out=yg)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.groups, ctx.count, ctx.process_group = groups, count, process_group
+        ctx.has_bias = bias is not None
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x, weight, mean, rstd = ctx.saved_tensors
+        g = ctx.groups
+        xg = grouped(x, g).float()
+        dyg = grouped(dy, g).float()
+        xhat = (xg - mean[:, None, :, None]) * rstd[:, None, :, None]
+        sum_dy = dyg.sum(dim=(1, 3))  # [G, C], this process
+        sum_dy_xhat = (dyg * xhat).sum(dim=(1, 3))
+        grad_weight = sum_dy_xhat.sum(0).to(weight.dtype) if weight is not None else None
+        grad_bias = sum_dy.sum(0).to(weight.dtype) if ctx.has_bias else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            if ctx.process_group is not None:
+                both = torch.stack([sum_dy, sum_dy_xhat])
+                dist.all_reduce(both, group=ctx.process_group)
+                sum_dy, sum_dy_xhat = both[0], both[1]
+            n = float(ctx.count)
+            scale = rstd if weight is None else rstd * weight.float()
+            mean_dy = (sum_dy / n)[:, None, :, None]
+            mean_dy_xhat = (sum_dy_xhat / n)[:, None, :, None]
+            grad = (dyg - mean_dy - xhat * mean_dy_xhat) * scale[:, None, :, None]
+            grad_x = grad.reshape(x.shape).to(x.dtype)
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+
+
+def group_batch_norm(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    groups: int,
+    eps: float,
+    process_group: dist.ProcessGroup | None = None,
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Normalise each of ``groups`` contiguous groups with its own statistics.
+
+    Returns ``(y, mean, var, n)``: the output, the per-group mean and biased variance ([G, C],
+    no gradient) and the number of values n behind each statistic (all processes together).
+    """
+    with torch.no_grad():
+        mean, var, count = group_stats(x, groups)
+        if process_group is not None:
+            mean, var, count = _pool_across_processes(mean, var, count, process_group)
+        rstd = torch.rsqrt(var + eps)
+    y = _GroupNormalize.apply(x, weight, bias, mean, rstd, groups, count, process_group)
+    return y, mean, var, count
+
+
+def update_running_stats(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var_biased: Tensor,
+    count: int,
+    momentum: float,
+) -> None:
+    """EMA of running statistics, as nn.BatchNorm: r ← (1 − m)·r + m·stat, variance unbiased.
+
+    ``mean``/``var_biased`` are [G, C] statistics of G groups that one forward saw; the update uses
+    their mean over groups, which equals averaging G per-device running buffers updated alike.
+    """
+    unbiased = var_biased * (count / max(count - 1, 1))
+    with torch.no_grad():
+        running_mean.lerp_(mean.mean(0).to(running_mean.dtype), momentum)
+        running_var.lerp_(unbiased.mean(0).to(running_var.dtype), momentum)
+
+
+def _momentum_of(bn: nn.modules.batchnorm._BatchNorm) -> float:
+    """The running-stat factor of one update (after ``num_batches_tracked`` was incremented)."""
+    if bn.momentum is not None:
+        return bn.momentum
+    return 1.0 / float(bn.num_batches_tracked.item())  # cumulative average, as nn.BatchNorm
+
+
+def batch_norm_train(
+    bn: nn.modules.batchnorm._BatchNorm,
+    x: Tensor,
+    devices: int,
+    views: int,
+    process_group: dist.ProcessGroup | None = None,
+) -> Tensor:
+    """Train-mode forward of a BN layer with ``views × devices`` groups (view-major order).
+
+    Running statistics get one update per view (the mean over that view's device chunks), so one
+    call with V concatenated views leaves the buffers exactly as V separate calls would.
+    """
+    groups = devices * views
+    if x.shape[0] % groups:
+        raise ValueError(
+            f"{type(bn).__name__}: batch of {x.shape[0]} samples is not divisible by "
+            f"devices={devices} × views={views}; each device needs an equal chunk"
+        )
+    track = bn.track_running_stats and bn.training
+    if groups == 1 and process_group is None:
+        # One device, one view: torch's fused kernel computes exactly this.
+        if track:
+            bn.num_batches_tracked.add_(1)
+        return F.batch_norm(
+            x,
+            bn.running_mean if track else None,
+            bn.running_var if track else None,
+            bn.weight,
+            bn.bias,
+            True,
+            _momentum_of(bn) if track else 0.0,
+            bn.eps,
+        )
+    y, mean, var, count = group_batch_norm(x, bn.weight, bn.bias, groups, bn.eps, process_group)
+    if track:
+        for v in range(views):
+            bn.num_batches_tracked.add_(1)
+            sl = slice(v * devices, (v + 1) * devices)
+            update_running_stats(
+                bn.running_mean, bn.running_var, mean[sl], var[sl], count, _momentum_of(bn)
+            )
+    return y
+
+
+def batch_norm_eval(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """Eval-mode forward: normalise with the running statistics."""
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)

@@ -1,0 +1,160 @@
+"""``momentum``: MomentumBN, the teacher's BN statistics as a moving average over training steps.
+
+Momentum² Teacher (Li, Liu, Sun 2021, arXiv 2101.07525), with the official code's semantics.
+Per layer, at training step k of K, with β_k = (cos(π·k/K) + 1)/2 (1 at the start, 0 at the end)
+and the history (μ_{k−1}, σ²_{k−1}) held in ``running_mean``/``running_var``:
+
+    μ̂ = β_k·μ_B + (1 − β_k)·μ_{k−1},      σ̂² = β_k·s²_B + (1 − β_k)·σ²_{k−1},
+    y  = γ·(x − μ̂)/sqrt(σ̂² + ε) + b        (statistics detached),
+
+where μ_B is the view's batch mean and s²_B its variance in the chosen convention:
+
+* ``variance="official"`` — the official code takes ``torch.var`` (already unbiased) and multiplies
+  by n/(n−1) again: s²_B = (n/(n−1))²·σ²_biased, for normalisation *and* the history
+  (n = N·H·W per device; n = N for 1-D layers). This is the default, for exact reproduction.
+* ``variance="standard"`` — σ²_biased for normalisation and σ²_biased·n/(n−1) for the history, as
+  ``nn.BatchNorm`` does (at β = 1 the output is then train-mode ``nn.BatchNorm``'s).
+
+**Lazy update.** Every view of a step is normalised with the *same* history_{k−1}; only after
+``views_per_step`` training-mode forwards does the layer commit
+
+    history_k = β_k·mean_over_views(stats) + (1 − β_k)·history_{k−1},   k ← k + 1,
+
+so the second view's normalisation never contains the first view's statistics. The history starts
+at mean 0 / variance 1 (irrelevant at k = 0, where β = 1). Eval mode normalises with the history.
+
+**Devices.** With ``devices=D`` each of the D contiguous chunks is normalised with its own batch
+statistics mixed with the shared history; the history update uses the mean over chunks (and
+views). The official code keeps one history per GPU; a shared history over emulated devices is
+the suite's choice for single-process emulation (it averages D per-device histories' inputs).
+
+The step counter (``num_batches_tracked`` = completed steps k) and the pending statistics of the
+views seen so far in the current step are buffers, so ``state_dict`` resumes the schedule exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from suite.bn.functional import batch_norm_eval, group_stats, grouped
+from suite.bn.views import ViewAware
+
+VARIANCES = ("official", "standard")
+
+
+class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        *,
+        total_steps: int,
+        views_per_step: int = 2,
+        variance: str = "official",
+        devices: int = 1,
+        affine: bool = True,
+    ) -> None:
+        super().__init__(num_features, eps, None, affine, track_running_stats=True)
+        if total_steps is None or int(total_steps) < 1:
+            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        if views_per_step < 1:
+            raise ValueError(f"views_per_step must be >= 1, got {views_per_step}")
+        if variance not in VARIANCES:
+            choices = ", ".join(VARIANCES)
+            raise ValueError(f"variance={variance!r} is not valid; choose from {choices}")
+        if devices < 1:
+            raise ValueError(f"devices must be >= 1, got {devices}")
+        self.total_steps = int(total_steps)
+        self.views_per_step = views_per_step
+        self.variance = variance
+        self.devices = devices
+        self.views = 1
+        self.register_buffer("pending_mean", torch.zeros(num_features))
+        self.register_buffer("pending_var", torch.zeros(num_features))
+        self.register_buffer("pending_views", torch.tensor(0, dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, total_steps={self.total_steps}, "
+            f"views_per_step={self.views_per_step}, variance={self.variance!r}, "
+            f"devices={self.devices}"
+        )
+
+    @property
+    def step(self) -> int:
+        """Completed steps k (history commits)."""
+        return int(self.num_batches_tracked.item())
+
+    @property
+    def batch_weight(self) -> float:
+        """β for the next forward: (cos(π·k/K) + 1)/2, k clamped to K."""
+        k = min(self.step, self.total_steps)
+        return (math.cos(math.pi * k / self.total_steps) + 1.0) / 2.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        if not self.training:
+            return batch_norm_eval(self, x)
+        views, devices = self.views, self.devices
+        pending = int(self.pending_views.item())
+        if pending + views > self.views_per_step:
+            raise ValueError(
+                f"MomentumBatchNorm: {views} view(s) in this forward after {pending} pending would "
+                f"cross a step boundary (views_per_step={self.views_per_step})"
+            )
+        groups = views * devices
+        beta = self.batch_weight
+        with torch.no_grad():
+            mean, var_biased, n = group_stats(x, groups)  # [G, C]
+            bessel = n / max(n - 1, 1)
+            if self.variance == "official":
+                var_norm = var_biased * bessel * bessel
+                var_hist = var_norm
+            else:
+                var_norm = var_biased
+                var_hist = var_biased * bessel
+            mu = beta * mean + (1.0 - beta) * self.running_mean.float()
+            sigma2 = beta * var_norm + (1.0 - beta) * self.running_var.float()
+            scale = torch.rsqrt(sigma2 + self.eps)  # [G, C]
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        scale_w = scale if w is None else scale * w
+        shift = -mu * scale_w if b is None else b - mu * scale_w
+        y = grouped(x, groups).float() * scale_w[:, None, :, None] + shift[:, None, :, None]
+        self._accumulate(mean, var_hist, views, devices, beta)
+        return y.reshape(x.shape).to(x.dtype)
+
+    @torch.no_grad()
+    def _accumulate(self, mean: Tensor, var: Tensor, views: int, devices: int, beta: float) -> None:
+        """Add this forward's views to the pending statistics; commit after views_per_step."""
+        # mean over device chunks, summed over views: [V·D, C] → [C]
+        self.pending_mean.add_(mean.view(views, devices, -1).mean(1).sum(0))
+        self.pending_var.add_(var.view(views, devices, -1).mean(1).sum(0))
+        self.pending_views.add_(views)
+        if int(self.pending_views.item()) == self.views_per_step:
+            count = float(self.views_per_step)
+            self.running_mean.mul_(1.0 - beta).add_(self.pending_mean / count, alpha=beta)
+            self.running_var.mul_(1.0 - beta).add_(self.pending_var / count, alpha=beta)
+            self.num_batches_tracked.add_(1)
+            self.pending_mean.zero_()
+            self.pending_var.zero_()
+            self.pending_views.zero_()
+
+
+class MomentumBatchNorm1d(_MomentumBatchNorm):
+    """MomentumBN for [N, C] or [N, C, L] input (the projector's BN)."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() not in (2, 3):
+            raise ValueError(f"expected 2D or 3D input (got {x.dim()}D input)")
+
+
+class MomentumBatchNorm2d(_MomentumBatchNorm):
+    """MomentumBN for [N, C, H, W] input."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"expected 4D input (got {x.dim()}D input)")

@@ -1,0 +1,71 @@
+"""``sync``: statistics over the global batch of all processes (SyncBatchNorm), on any backend.
+
+    μ = Σ_p Σ_i x_pi / n,   σ² = Σ_p Σ_i (x_pi − μ)² / n   over every process p of the group,
+    y = γ·(x − μ)/sqrt(σ² + ε) + b.
+
+On CUDA in a process group with one view per forward, torch's own ``nn.SyncBatchNorm`` kernel
+runs. Elsewhere — gloo on CPU, which torch's implementation refuses, or several views in one
+forward — the suite's grouped implementation runs: per-process statistics are pooled exactly
+with one all-gather, and the backward all-reduces Σdy and Σdy·x̂ (see ``functional``).
+
+Outside a process group (or with world size 1) it is plain BN over the whole local batch, which
+for a global batch on one process with D emulated devices is exactly what SyncBN over D devices
+computes.
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from suite.bn.functional import batch_norm_eval, batch_norm_train
+from suite.bn.views import ViewAware
+
+
+def _active_group(group: dist.ProcessGroup | None) -> dist.ProcessGroup | None:
+    """The process group to reduce over, or None when there is nothing to synchronise."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    pg = group if group is not None else dist.group.WORLD
+    return pg if dist.get_world_size(pg) > 1 else None
+
+
+class SyncBatchNorm(nn.SyncBatchNorm, ViewAware):
+    """Cross-process BatchNorm (1-D or 2-D input) that also works on CPU with gloo."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group)
+        self.views = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        if not (self.training or not self.track_running_stats):
+            return batch_norm_eval(self, x)
+        pg = _active_group(self.process_group)
+        if pg is not None and x.is_cuda and self.views == 1:
+            return nn.SyncBatchNorm.forward(self, x)  # torch's CUDA kernel
+        return batch_norm_train(self, x, 1, self.views, pg)
+
+
+class SyncBatchNorm1d(SyncBatchNorm):
+    """Cross-process BatchNorm for [N, C] or [N, C, L] input."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() not in (2, 3):
+            raise ValueError(f"expected 2D or 3D input (got {x.dim()}D input)")
+
+
+class SyncBatchNorm2d(SyncBatchNorm):
+    """Cross-process BatchNorm for [N, C, H, W] input."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"expected 4D input (got {x.dim()}D input)")
