@@ -1,0 +1,146 @@
+"""Talking to the MLflow store safely from several processes at once.
+
+Matrix shards on one host may share one SQLite file. Two things can go wrong there:
+
+* a write finds the database locked by another process (SQLite allows one writer at a time and
+  gives up after its 5 s busy timeout) → :func:`with_retry` repeats the call with exponential
+  back-off and jitter, ``delay_k = min(2 s, 0.05 s * 2**k) * U(0.5, 1.5)``, for up to 120 s;
+* two processes open a brand-new database and both run MLflow's schema migrations →
+  :func:`open_client` serialises opening the store with an exclusive POSIX ``flock`` on the
+  database's folder (after the slow imports, so only the schema check/migration is serial).
+
+A retried call either committed nothing (the lock error aborts its transaction) or is idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from suite.tracking.uri import TrackingError, sqlite_path
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+T = TypeVar("T")
+LOCKED = "database is locked"
+RETRY_DEADLINE_S = 120.0
+_log = logging.getLogger(__name__)
+
+
+def is_locked_error(exc: BaseException) -> bool:
+    """True when ``exc`` or an exception in its cause/context chain says the DB is locked."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if LOCKED in str(cur).lower():
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def with_retry(
+    fn: Callable[..., T], *args: Any, deadline_s: float = RETRY_DEADLINE_S, **kwargs: Any
+) -> T:
+    """``fn(*args, **kwargs)``, repeated while it fails with "database is locked" (see module)."""
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_locked_error(exc) or time.monotonic() - start > deadline_s:
+                raise
+            delay = min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)
+            _log.debug("%s: database is locked, retry %d in %.2f s", fn, attempt + 1, delay)
+            time.sleep(delay)
+            attempt += 1
+
+
+@contextlib.contextmanager
+def _init_lock(uri: str, wait_s: float = RETRY_DEADLINE_S) -> Iterator[None]:
+    """Exclusive ``flock`` on the SQLite file's folder while a store is opened (no lock file is
+    left behind); a no-op for other stores, without ``fcntl`` (Windows) or an unusable folder."""
+    path = sqlite_path(uri)
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None  # type: ignore[assignment]
+    fd = None
+    if path is not None and fcntl is not None:
+        folder = path.absolute().parent
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder, os.O_RDONLY)
+    if fd is None:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + wait_s
+        locked = False
+        while not locked:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    _log.warning("%s locked for %.0f s; opening without the lock", path, wait_s)
+                    break
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An ``MlflowClient`` on ``uri`` whose store (and schema) exists; errors → TrackingError."""
+    from mlflow import MlflowClient
+
+    if sqlite_path(uri) is not None:
+        # importing the SQL store takes seconds: do it before the lock, in parallel
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+    with _init_lock(uri):
+        try:
+            return with_retry(MlflowClient, tracking_uri=uri)
+        except Exception as exc:
+            raise TrackingError(f"cannot open the MLflow tracking store {uri}: {exc}") from exc
+
+
+def search_all(
+    client: MlflowClient,
+    experiment_id: str,
+    filter_string: str = "",
+    order_by: list[str] | None = None,
+) -> list[Run]:
+    """Every active run of one experiment matching ``filter_string`` (all result pages)."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = with_retry(
+            client.search_runs,
+            [experiment_id],
+            filter_string=filter_string,
+            max_results=1000,
+            order_by=order_by,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def quote(value: str) -> str:
+    """A string literal for an MLflow search filter: ``'it''s'``-style quoting is not supported,
+    so single quotes are refused (cell ids and statuses never contain them)."""
+    if "'" in value:
+        raise ValueError(f"search value {value!r} contains a single quote")
+    return f"'{value}'"

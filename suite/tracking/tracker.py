@@ -1,0 +1,152 @@
+"""One MLflow experiment per experiment file, one MLflow run per cell.
+
+Reruns and stale runs. The cell id (tag ``suite.cell_id``) links a cell to its runs; a cell is
+done when it has a FINISHED run (:meth:`Tracker.finished_cell_ids`, which the runner skips).
+:meth:`Tracker.start_cell` always opens a fresh run; any run of the same cell still RUNNING at that
+moment is presumed left behind by a killed process (shards partition the cells, so no two live
+processes run one cell) and is ended KILLED, with ``suite.failure`` saying so and
+``suite.superseded_by`` naming the new run. Old FAILED/KILLED runs stay as history, so after a
+kill and a rerun the cell has exactly one FINISHED run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from suite.tracking.env import environment_tags
+from suite.tracking.run import FAILURE_TAG, MAX_TAG_CHARS, CellRun, param_value
+from suite.tracking.store import open_client, quote, search_all, with_retry
+from suite.tracking.uri import TrackingError
+
+if TYPE_CHECKING:
+    from suite.cell import CellConfig
+
+CELL_TAG = "suite.cell_id"
+EXPERIMENT_TAG = "suite.experiment"
+ARTIFACT_ROOT_ENV = "BNSUITE_ARTIFACT_ROOT"
+
+
+def run_name(cell: CellConfig) -> str:
+    """``"<method> s=<student_bn> t=<teacher_bn> b=<batch> d=<devices> seed=<seed>"``."""
+    return (
+        f"{cell.method.name} s={cell.student_bn} t={cell.teacher_bn} b={cell.batch_size} "
+        f"d={cell.devices} seed={cell.seed}"
+    )
+
+
+def artifact_location(experiment: str, artifact_root: str | None = None) -> str | None:
+    """``<root>/<experiment>`` as a file URI with root = ``artifact_root`` or
+    ``$BNSUITE_ARTIFACT_ROOT``; ``None`` (MLflow's default) when neither is set. A root that
+    already is a URI (``s3://…``) is joined with '/'."""
+    root = artifact_root or os.environ.get(ARTIFACT_ROOT_ENV)
+    if not root:
+        return None
+    safe = re.sub(r"[^\w.-]+", "_", experiment).strip("._") or "experiment"
+    if re.match(r"^[a-zA-Z][\w+.-]*://", root):
+        return f"{root.rstrip('/')}/{safe}"
+    return (Path(root).expanduser().resolve() / safe).as_uri()
+
+
+class Tracker:
+    """Get-or-create the MLflow experiment ``experiment`` at ``uri`` and open cell runs in it.
+
+    The artifact location (``artifact_location``) applies when this call creates the experiment;
+    an existing experiment keeps its own. Two processes creating the experiment at once both end
+    up with the same experiment id.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        artifact_root: str | None = None,
+        *,
+        flush_every_s: float = 5.0,
+    ) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.flush_every_s = flush_every_s
+        self._client = open_client(uri)
+        self.experiment_id = self._get_or_create(artifact_location(experiment, artifact_root))
+
+    def _get_or_create(self, location: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        client = self._client
+        exp = with_retry(client.get_experiment_by_name, self.experiment)
+        if exp is None:
+            try:
+                return with_retry(
+                    client.create_experiment, self.experiment, artifact_location=location
+                )
+            except MlflowException as exc:
+                if "already exists" not in str(exc) and exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            exp = with_retry(client.get_experiment_by_name, self.experiment)
+        if exp.lifecycle_stage != "active":
+            raise TrackingError(
+                f"MLflow experiment {self.experiment!r} (id {exp.experiment_id}) at {self.uri} is "
+                f"deleted; restore it (`mlflow experiments restore --experiment-id "
+                f"{exp.experiment_id}`) or purge it (`mlflow gc --backend-store-uri {self.uri}`)"
+            )
+        return exp.experiment_id
+
+    def finished_cell_ids(self) -> set[str]:
+        """Ids of the cells that have at least one FINISHED run."""
+        runs = search_all(self._client, self.experiment_id, "attributes.status = 'FINISHED'")
+        return {r.data.tags[CELL_TAG] for r in runs if CELL_TAG in r.data.tags}
+
+    def start_cell(self, cell: CellConfig, *, extra_tags: dict[str, str] | None = None) -> CellRun:
+        """Open a RUNNING run for ``cell``: tags (cell id, versions, commit, device, host;
+        ``extra_tags`` override them), params ``cell.flat()``, artifacts ``config.json`` and
+        ``config.yaml``. Stale RUNNING runs of the cell are ended KILLED (module docstring)."""
+        from mlflow.entities import Param
+
+        cell_id = cell.cell_id
+        stale = search_all(
+            self._client,
+            self.experiment_id,
+            f"tags.`{CELL_TAG}` = {quote(cell_id)} and attributes.status = 'RUNNING'",
+        )
+        tags = {
+            **environment_tags(),
+            CELL_TAG: cell_id,
+            EXPERIMENT_TAG: self.experiment,
+            "suite.method": cell.method.name,
+            "suite.pid": str(os.getpid()),
+            **(extra_tags or {}),
+        }
+        info = with_retry(
+            self._client.create_run,
+            self.experiment_id,
+            tags={k: str(v)[:MAX_TAG_CHARS] for k, v in tags.items()},
+            run_name=run_name(cell),
+        ).info
+        run = CellRun(self._client, info.run_id, cell_id, flush_every_s=self.flush_every_s)
+        try:
+            params = [Param(k, param_value(v)) for k, v in cell.flat().items()]
+            for i in range(0, len(params), 100):  # MLflow: at most 100 params per log_batch
+                with_retry(self._client.log_batch, info.run_id, params=params[i : i + 100])
+            for old in stale:
+                self._end_stale(old.info.run_id, info.run_id)
+            run.log_dict(cell.to_dict(), "config.json")
+            run.log_dict(cell.to_dict(), "config.yaml")
+        except BaseException as exc:
+            run.finish("FAILED", f"the run could not be set up: {type(exc).__name__}: {exc}")
+            raise
+        return run
+
+    def _end_stale(self, run_id: str, new_run_id: str) -> None:
+        stale = CellRun(self._client, run_id, "")
+        stale.set_tags({"suite.superseded_by": new_run_id})
+        reason = f"stale: still RUNNING when the cell was started again (run {new_run_id})"
+        stale.finish("KILLED", reason)
+
+    def __repr__(self) -> str:
+        return f"Tracker(uri={self.uri!r}, experiment={self.experiment!r}, id={self.experiment_id})"
+
+
+__all__ = ["CELL_TAG", "FAILURE_TAG", "CellRun", "Tracker", "artifact_location", "run_name"]
