@@ -22,6 +22,7 @@ OPTIMIZERS = ("sgd", "lars")
 ENCODERS = ("student", "teacher")
 VARIANCES = ("official", "standard")
 PRECISIONS = ("auto", "fp32", "bf16")
+NOT_HASHED = ("data.root", "data.num_workers", "log_every", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,16 @@ class CellConfig:
 
     @property
     def cell_id(self) -> str:
-        """12 hex digits of SHA-256 over the canonical JSON of the resolved cell."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        """12 hex digits of SHA-256 over the canonical JSON of the resolved cell.
+
+        Fields that cannot change a result are left out (:data:`NOT_HASHED`): where the data
+        lives, how many loader workers read it, and how often the loop logs or checkpoints.
+        """
+        d = self.to_dict()
+        for dotted in NOT_HASHED:
+            parent, _, key = dotted.rpartition(".")
+            (d[parent] if parent else d).pop(key)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @classmethod

@@ -1,0 +1,194 @@
+"""Matrix expansion, method defaults and the per-cell combination checks.
+
+Cells, in order: the cross product of the matrix axes (first axis slowest, axes in file order);
+then each ``include`` entry; every one of them repeated over the top-level ``seeds`` (innermost).
+A cell's values are the merge of the file's defaults, then its matrix combination or include
+entry; ``method: m2t`` then fills ``student_bn: local`` and ``teacher_bn: momentum`` where the file
+gives no value for that cell; ``data_root`` fills ``dataset.root`` where the file gives none.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from suite.cell import CellConfig, DataConfig, EvalConfig, MethodConfig, OptimConfig
+from suite.config.schema import INVALID, Layer, Target
+
+_DEFAULT = CellConfig()
+_SUBCONFIGS = {"data": DataConfig, "method": MethodConfig, "optim": OptimConfig, "eval": EvalConfig}
+M2T_DEFAULTS = {("student_bn",): "local", ("teacher_bn",): "momentum"}
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A cell before resolution: the axes that identify it and its merged layer."""
+
+    axes: dict[str, Any]
+    layer: Layer
+
+
+def merge(*layers: Layer) -> Layer:
+    out: Layer = {}
+    for layer in layers:
+        out.update(layer)
+    return out
+
+
+def drafts(
+    defaults: Layer,
+    axes: Sequence[tuple[str, Sequence[tuple[Any, Layer]]]],
+    includes: Sequence[tuple[Any, Layer]],
+    seeds: Sequence[int] | None,
+) -> list[Draft]:
+    """The cells of a file in their deterministic order (see the module docstring)."""
+    base: list[Draft] = []
+    if axes:
+        for combo in itertools.product(*(values for _, values in axes)):
+            labels = {axis: raw for (axis, _), (raw, _) in zip(axes, combo, strict=True)}
+            base.append(Draft(labels, merge(defaults, *(layer for _, layer in combo))))
+    elif not includes:
+        base.append(Draft({}, dict(defaults)))
+    for index, (raw, layer) in enumerate(includes):
+        labels = {"include": index, **(raw if isinstance(raw, dict) else {})}
+        base.append(Draft(labels, merge(defaults, layer)))
+    if not seeds:
+        return base
+    out: list[Draft] = []
+    for draft in base:
+        if "seed" in draft.axes:  # an include entry that names its seed is not repeated
+            out.append(draft)
+            continue
+        for seed in seeds:
+            out.append(Draft({**draft.axes, "seed": seed}, {**draft.layer, ("seed",): seed}))
+    return out
+
+
+def resolve(draft: Draft, data_root: str | None) -> Layer:
+    """Apply the m2t defaults and the data root to a draft's layer."""
+    layer = dict(draft.layer)
+    if value(layer, ("method", "name")) == "m2t":
+        for target, strategy in M2T_DEFAULTS.items():
+            layer.setdefault(target, strategy)
+    if data_root is not None:
+        layer.setdefault(("data", "root"), data_root)
+    return layer
+
+
+def value(layer: Layer, target: Target) -> Any:
+    """The layer's value, else the :class:`CellConfig` default (``INVALID`` passes through)."""
+    if target in layer:
+        return layer[target]
+    obj: Any = _DEFAULT
+    for part in target:
+        obj = getattr(obj, part)
+    return obj
+
+
+def build(experiment: str, layer: Layer) -> CellConfig:
+    """The frozen cell of a resolved layer (which holds no ``INVALID``)."""
+    top: dict[str, Any] = {}
+    subs: dict[str, dict[str, Any]] = {key: {} for key in _SUBCONFIGS}
+    for target, item in layer.items():
+        if len(target) == 1:
+            top[target[0]] = item
+        else:
+            subs[target[0]][target[1]] = item
+    parts = {key: typ(**subs[key]) for key, typ in _SUBCONFIGS.items()}
+    return CellConfig(experiment=experiment, **parts, **top)
+
+
+def combination_problems(layer: Layer) -> tuple[list[str], list[str]]:
+    """``(errors, warnings)`` about values that are valid alone but not together.
+
+    Errors: ``batch_size % devices != 0``; ``devices % nproc != 0``; fewer than 2 samples per
+    device where a per-device strategy normalises (BN of one sample is undefined; MomentumBN's
+    ``n/(n-1)`` divides by zero); MoCo's ``queue_size % batch_size != 0`` (the queue is written one
+    global batch at a time); MoCo with a ``pred_hidden`` (it has no predictor).
+    Warnings (the cell runs as written): m2t with a student other than local or a teacher other
+    than momentum (an ablation); shuffle with one device (nothing to shuffle: equals local);
+    ``warmup_epochs >= epochs`` (the schedule never leaves the warm-up; ``CellConfig``'s own
+    defaults, 1 epoch and 10 warm-up epochs, do this).
+    A check whose inputs include an invalid value is skipped (that value is already reported).
+    """
+    v = {t: value(layer, t) for t in _COMBO_TARGETS}
+    errors: list[str] = []
+    warnings: list[str] = []
+
+    def ok(*names: str) -> bool:
+        return all(v[_T[n]] is not INVALID for n in names)
+
+    batch, devices, nproc = v[_T["batch_size"]], v[_T["devices"]], v[_T["nproc"]]
+    student, teacher = v[_T["student_bn"]], v[_T["teacher_bn"]]
+    if ok("batch_size", "devices") and batch % devices:
+        errors.append(
+            f"batch_size: {batch} is not divisible by devices={devices}; choose a multiple of "
+            f"{devices} (each device's BN sees batch_size / devices samples)"
+        )
+    elif ok("batch_size", "devices", "student_bn", "teacher_bn") and batch // devices < 2:
+        per_device = [s for s in (student, teacher) if s != "sync"]
+        if per_device:
+            errors.append(
+                f"batch_size: {batch} over devices={devices} leaves {batch // devices} sample per "
+                f"device, too few for per-device BN ({per_device[0]!r}); choose batch_size >= "
+                f"{2 * devices} or fewer devices"
+            )
+    if ok("devices", "nproc") and devices % nproc:
+        errors.append(
+            f"devices: {devices} is not a multiple of nproc={nproc}; choose a multiple of {nproc} "
+            "(each process emulates devices / nproc devices)"
+        )
+    method = v[_T["method"]]
+    if ok("method", "queue_size", "batch_size") and method == "mocov2":
+        queue = v[_T["queue_size"]]
+        if queue % batch:
+            errors.append(
+                f"method.queue_size: {queue} is not a multiple of batch_size={batch}; choose a "
+                f"multiple of {batch} (e.g. {max(1, queue // batch) * batch})"
+            )
+    pred_hidden = v[_T["pred_hidden"]]
+    if ok("method", "pred_hidden") and method == "mocov2" and pred_hidden is not None:
+        errors.append(
+            f"method.pred_hidden: {pred_hidden} with method mocov2, which has no predictor; set "
+            "it to null for MoCo cells (e.g. method: {name: mocov2, pred_hidden: null})"
+        )
+    warmup, epochs = v[_T["warmup_epochs"]], v[_T["epochs"]]
+    if ok("warmup_epochs", "epochs") and 0 < epochs <= warmup:
+        warnings.append(
+            f"optimizer.warmup_epochs: {warmup:g} is not below epochs={epochs}: the whole run is "
+            "warm-up (the lr never reaches lr_per_256 x batch_size / 256); set fewer warm-up "
+            "epochs (0 for none) or more epochs"
+        )
+    if ok("method", "student_bn", "teacher_bn") and method == "m2t":
+        for field, got, want in (
+            ("student_bn", student, "local"),
+            ("teacher_bn", teacher, "momentum"),
+        ):
+            if got != want:
+                warnings.append(
+                    f"{field}: {got!r} with method m2t is an ablation (Momentum² Teacher uses "
+                    f"{field} {want!r}); it runs as written"
+                )
+    if ok("teacher_bn", "devices") and teacher == "shuffle" and devices == 1:
+        warnings.append(
+            "teacher_bn: 'shuffle' with devices=1 has nothing to shuffle across (it equals "
+            "'local'); set devices > 1 to emulate ShuffleBN"
+        )
+    return errors, warnings
+
+
+_T: dict[str, Target] = {
+    "batch_size": ("batch_size",),
+    "devices": ("devices",),
+    "nproc": ("nproc",),
+    "student_bn": ("student_bn",),
+    "teacher_bn": ("teacher_bn",),
+    "method": ("method", "name"),
+    "queue_size": ("method", "queue_size"),
+    "pred_hidden": ("method", "pred_hidden"),
+    "warmup_epochs": ("optim", "warmup_epochs"),
+    "epochs": ("epochs",),
+}
+_COMBO_TARGETS = tuple(_T.values())
