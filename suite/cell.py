@@ -33,6 +33,7 @@ class DataConfig:
     root: str | None = None
     image_size: int = 32
     num_workers: int = 2
+    blur: bool | None = None  # Gaussian blur in the views; None: only above 64 px
 
 
 @dataclass(frozen=True)

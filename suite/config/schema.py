@@ -72,6 +72,7 @@ DATASET = Section(
         "root": _leaf("data", "root", check=c.optional(c.text)),
         "image_size": _IMAGE_SIZE,
         "num_workers": _leaf("data", "num_workers", check=c.integer(0)),
+        "blur": _leaf("data", "blur", check=c.optional(c.boolean)),
     }
 )
 METHOD = Section(

@@ -1,0 +1,31 @@
+"""Datasets, two-view augmentation and loaders.
+
+>>> from suite.data import build_data, DATASETS
+>>> sorted(DATASETS)[:3]
+['cifar10', 'cifar100', 'digits']
+
+``build_data(name, root=..., image_size=..., aug=..., batch_size=..., device=...)`` checks the
+dataset (raising :class:`DataError` with the expected layout and how to obtain it), loads it and
+returns a :class:`DataBundle` with ``ssl_epoch(epoch)`` and ``eval_batches(split, batch_size)``.
+"""
+
+from suite.data.augment import AUGMENTATIONS, EvalTransform, TwoViewAugment, ViewSpec, view_specs
+from suite.data.datasets import DATASETS, DatasetInfo, channel_stats, check_dataset, get_dataset
+from suite.data.errors import DataError
+from suite.data.loaders import DataBundle, build_data
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DATASETS",
+    "DataBundle",
+    "DataError",
+    "DatasetInfo",
+    "EvalTransform",
+    "TwoViewAugment",
+    "ViewSpec",
+    "build_data",
+    "channel_stats",
+    "check_dataset",
+    "get_dataset",
+    "view_specs",
+]

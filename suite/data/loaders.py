@@ -1,0 +1,251 @@
+"""The interface the training loop uses: :func:`build_data` → :class:`DataBundle`.
+
+>>> bundle = build_data("digits", root=None, image_size=16, aug="byol", batch_size=64,
+...                     device=torch.device("cpu"), num_workers=0)
+>>> v1, v2 = next(iter(bundle.ssl_epoch(0)))
+>>> v1.shape, bundle.steps_per_epoch, bundle.num_classes
+(torch.Size([64, 3, 16, 16]), 22, 10)
+
+Three paths, one per storage kind, all ending in the same batched device augmentation:
+
+- ``memory``: the uint8 images are moved to the device once; a batch is an ``index_select``;
+- ``memmap``: DataLoader workers gather a batch from the memory-mapped files (pinned memory,
+  ``non_blocking`` copy, persistent workers); the device does the whole augmentation;
+- ``files``: workers decode each image and do crop + flip (uint8, fixed size); the device does the
+  photometric part.
+
+Determinism: epoch ``e`` uses the permutation ``randperm(N, Generator(mix(seed, e)))`` (drop_last)
+and batch ``k`` draws its augmentation from ``Generator(mix(seed, e, k))`` (file crops from
+``mix(seed, e, sample)``), so a run is reproducible for any number of workers and can restart
+in the middle of an epoch (``ssl_epoch(e, start=k)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from suite.data.augment import AUG_ALIASES, AUGMENTATIONS, EvalTransform, TwoViewAugment
+from suite.data.datasets import DatasetInfo, LoadOptions, get_dataset
+from suite.data.errors import DataError
+from suite.data.splits import FileSplits, MemmapSplits, Splits, TensorSplits
+from suite.data.workers import FileCrops, FileEval, ItemSampler, MemmapBatches, mix_seed
+
+SPLITS = ("train", "test")
+DEFAULT_SYNTHETIC_SIZE = 2048
+
+
+def _loader(dataset, sampler, batch_size, device, num_workers, persistent, **kw) -> DataLoader:
+    """DataLoader with pinned memory on CUDA, prefetching workers, and a private generator (the
+    DataLoader draws its worker base seed from it instead of from torch's global RNG)."""
+    return DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=persistent and num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(0),
+        **kw,
+    )
+
+
+class DataBundle:
+    """A dataset ready for training: SSL batches of two views and labelled evaluation batches."""
+
+    in_chans = 3
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        splits: Splits,
+        augment: TwoViewAugment,
+        eval_transform: EvalTransform,
+        *,
+        batch_size: int,
+        device: torch.device,
+        num_workers: int,
+        seed: int,
+    ) -> None:
+        self.info, self.name = info, info.name
+        self.augment, self.eval_transform = augment, eval_transform
+        self.image_size = augment.image_size
+        self.batch_size, self.device = batch_size, device
+        self.num_workers, self.seed = num_workers, seed
+        self.classes = splits.classes
+        self.num_classes = len(splits.classes) or int(info.num_classes or 0)
+        self.num_ssl_samples = len(splits.ssl)
+        self.steps_per_epoch = self.num_ssl_samples // batch_size
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"batch_size={batch_size} is larger than the {self.num_ssl_samples} SSL samples "
+                f"of dataset {info.name!r} (batches drop the remainder): use batch_size <= "
+                f"{self.num_ssl_samples}"
+            )
+        self._splits = splits
+        self._ssl_sampler = ItemSampler()
+        self._ssl_loader: DataLoader | None = None
+        if isinstance(splits, TensorSplits):
+            moved: dict[int, Tensor] = {}
+
+            def to_device(x: Tensor) -> Tensor:
+                return moved.setdefault(id(x), x.to(device))
+
+            self._tensors = {
+                "ssl": to_device(splits.ssl),
+                "train": (to_device(splits.train[0]), splits.train[1].to(device)),
+                "test": (to_device(splits.test[0]), splits.test[1].to(device)),
+            }
+        else:
+            self._ssl_loader = self._new_ssl_loader()
+
+    def _new_ssl_loader(self) -> DataLoader:
+        """Workers start at the first epoch and persist across epochs."""
+        d, w = self.device, self.num_workers
+        if isinstance(self._splits, MemmapSplits):
+            return _loader(MemmapBatches(self._splits.ssl), self._ssl_sampler, None, d, w, True)
+        crops = FileCrops(self._splits.ssl, self.augment, self.seed)
+        return _loader(crops, self._ssl_sampler, self.batch_size, d, w, True, drop_last=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"DataBundle({self.name!r}, N={self.num_ssl_samples}, classes={self.num_classes}, "
+            f"batch_size={self.batch_size}, {self.augment!r}, device={self.device})"
+        )
+
+    def num_samples(self, split: str) -> int:
+        """Number of labelled samples in ``train`` or ``test``."""
+        return len(self._labels(split))
+
+    def _labels(self, split: str) -> Tensor:
+        if split not in SPLITS:
+            raise ValueError(f"split: unknown {split!r}; valid: {', '.join(SPLITS)}")
+        part = getattr(self._splits, split)
+        return part.labels if isinstance(self._splits, FileSplits) else part[1]
+
+    def _order(self, epoch: int, start: int) -> Tensor:
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        perm = torch.randperm(self.num_ssl_samples, generator=g)
+        steps, b = self.steps_per_epoch, self.batch_size
+        return perm[: steps * b].view(steps, b)[start:]
+
+    def ssl_epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """``steps_per_epoch − start`` pairs ``(view1, view2)``: float32 normalised
+        ``[batch_size, 3, S, S]`` on the device; a pure function of ``(seed, epoch)``."""
+        if not 0 <= start <= self.steps_per_epoch:
+            raise ValueError(f"start: must be in [0, {self.steps_per_epoch}], got {start}")
+        return self._ssl_batches(epoch, start)
+
+    def _ssl_batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        batches = self._order(epoch, start)
+
+        def generator(k: int) -> torch.Generator:
+            return torch.Generator().manual_seed(mix_seed(self.seed, epoch, start + k))
+
+        if self._ssl_loader is None:
+            images = self._tensors["ssl"]
+            for k, idx in enumerate(batches.to(self.device)):
+                yield self.augment(images.index_select(0, idx), generator(k))
+            return
+        if isinstance(self._splits, MemmapSplits):
+            self._ssl_sampler.items = [b.numpy() for b in batches]
+        else:
+            self._ssl_sampler.items = [(int(i), epoch) for i in batches.flatten()]
+        for k, item in enumerate(self._ssl_loader):
+            if isinstance(item, Tensor):
+                yield self.augment(item.to(self.device, non_blocking=True), generator(k))
+            else:
+                c1, c2 = (c.to(self.device, non_blocking=True) for c in item)
+                yield self.augment.photometric(c1, c2, generator(k))
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every sample of ``split`` once, in order: ``(x, y)`` with ``x`` float32 normalised
+        ``[b, 3, S, S]`` (no augmentation) and ``y`` long, both on the device."""
+        labels = self._labels(split)
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be positive, got {batch_size}")
+        return self._eval_batches(split, batch_size, labels)
+
+    def _eval_batches(
+        self, split: str, batch_size: int, labels: Tensor
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(labels)
+        if isinstance(self._splits, TensorSplits):
+            images, labels = self._tensors[split]
+            for i in range(0, n, batch_size):
+                yield self.eval_transform(images[i : i + batch_size]), labels[i : i + batch_size]
+            return
+        if isinstance(self._splits, MemmapSplits):
+            sampler = ItemSampler()
+            sampler.items = [
+                torch.arange(i, min(n, i + batch_size)).numpy() for i in range(0, n, batch_size)
+            ]
+            data = MemmapBatches(getattr(self._splits, split)[0])
+            loader = _loader(data, sampler, None, self.device, self.num_workers, False)
+            batches = (
+                (x, labels[i * batch_size : (i + 1) * batch_size]) for i, x in enumerate(loader)
+            )
+        else:
+            data = FileEval(getattr(self._splits, split), self.eval_transform)
+            batches = iter(_loader(data, None, batch_size, self.device, self.num_workers, False))
+        for x, y in batches:
+            x = x.to(self.device, non_blocking=True)
+            yield self.eval_transform(x), y.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        """Stop the persistent workers (they also stop when the bundle is garbage-collected);
+        a later :meth:`ssl_epoch` starts new ones."""
+        if self._ssl_loader is not None:
+            self._ssl_loader = self._new_ssl_loader()  # the old loader's workers exit with it
+
+    def __enter__(self) -> DataBundle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def build_data(
+    name: str,
+    *,
+    root: str | None,
+    image_size: int,
+    aug: str,
+    batch_size: int,
+    device: torch.device | str,
+    num_workers: int = 2,
+    seed: int = 0,
+    synthetic_size: int | None = None,
+    synthetic_classes: int = 10,
+    blur: bool | None = None,
+) -> DataBundle:
+    """Check the dataset (``DataError`` before anything is loaded), load it and wrap it.
+
+    ``aug``: ``byol`` or ``mocov2`` (``m2t`` = ``byol``); ``blur=None``: blur only above 64 px.
+    """
+    info = get_dataset(name)
+    if aug not in AUGMENTATIONS and aug not in AUG_ALIASES:
+        valid = ", ".join(AUGMENTATIONS + tuple(AUG_ALIASES))
+        raise ValueError(f"aug: unknown augmentation {aug!r}; valid: {valid}")
+    for field, value in (("image_size", image_size), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{field}: must be a positive integer, got {value}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers: must be >= 0, got {num_workers}")
+    location = info.check(root)
+    options = LoadOptions(image_size, synthetic_size or DEFAULT_SYNTHETIC_SIZE, synthetic_classes)
+    splits = info.load(location, options)
+    return DataBundle(
+        info,
+        splits,
+        TwoViewAugment(aug, image_size, info.mean, info.std, blur=blur),
+        EvalTransform(image_size, info.mean, info.std, info.eval_crop_fraction),
+        batch_size=batch_size,
+        device=torch.device(device),
+        num_workers=num_workers,
+        seed=seed,
+    )
