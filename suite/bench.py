@@ -1,0 +1,382 @@
+"""Throughput of one training step on synthetic tensors already on the device (``bnsuite bench``).
+
+No data loading is timed unless ``--data`` is given (then the data path alone is timed too). Every
+figure is a median over ``steps`` timed steps after ``warmup`` untimed ones, all in one process,
+so ratios between configurations measured in one run are meaningful on a noisy machine:
+
+* ``step_ms`` / ``images_per_s``: the whole training step (EMA, student and teacher forwards,
+  loss, backward, optimiser) for a global batch of B samples (2B views);
+* ``ema_ms`` / ``ema_fraction``: the teacher EMA update alone, and its share of the step;
+* ``supervised_step_ms`` (``--reference``): the same backbone trained with cross-entropy on the same
+  2B images — the floor a two-view method cannot beat (≈ 1.33× for BYOL: one more forward).
+
+``--nproc P`` runs P processes (gloo on CPU, NCCL on CUDA) with DDP, each holding B/P samples
+per view: the real cross-process cost of SyncBN against MomentumBN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from suite import runtime
+from suite.cell import CellConfig, DataConfig, MethodConfig
+
+STANDARD_HEADS = {  # (proj_hidden, proj_dim, pred_hidden) of each method's reference recipe
+    "byol": (4096, 256, 4096),
+    "m2t": (4096, 256, 4096),
+    "mocov2": (None, 128, None),
+}
+
+
+def bench_cell(
+    method: str = "byol",
+    backbone: str = "resnet18",
+    image_size: int = 32,
+    batch_size: int = 64,
+    student_bn: str = "local",
+    teacher_bn: str | None = None,
+    devices: int = 1,
+    nproc: int = 1,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+) -> CellConfig:
+    """The cell a benchmark times (standard heads; M2T defaults to a momentum teacher)."""
+    if teacher_bn is None:
+        teacher_bn = {"m2t": "momentum", "mocov2": "shuffle"}.get(method, "local")
+    ph, pd, qh = STANDARD_HEADS[method]
+    return CellConfig(
+        experiment="bench",
+        data=DataConfig(name="synthetic", image_size=image_size, num_workers=2),
+        backbone=backbone,
+        method=MethodConfig(
+            name=method, proj_hidden=ph, proj_dim=pd, pred_hidden=qh, queue_size=4096
+        ),
+        batch_size=batch_size,
+        devices=devices,
+        nproc=nproc,
+        student_bn=student_bn,
+        teacher_bn=teacher_bn,
+        precision=precision,
+        channels_last=channels_last,
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(samples: list[float]) -> float:
+    return 1e3 * statistics.median(samples)
+
+
+def time_training_step(
+    cell: CellConfig, device: torch.device, steps: int, warmup: int, rank: int = 0, world: int = 1
+) -> dict[str, float]:
+    """Median step time of ``cell``'s method on random views (this process's share of the batch)."""
+    from suite.methods import build_method
+
+    total = steps + warmup
+    torch.manual_seed(cell.seed)
+    method = build_method(cell, total_steps=max(total, 1), num_ssl_samples=1_000_000)
+    channels_last = runtime.use_channels_last(device, cell.channels_last)
+    method.to(device, memory_format=torch.channels_last) if channels_last else method.to(device)
+    if world > 1:
+        method.wrap_student(
+            lambda m: torch.nn.parallel.DistributedDataParallel(
+                m,
+                device_ids=[device.index] if device.type == "cuda" else None,
+            )
+        )
+    optimizer = torch.optim.SGD(method.student_parameters(), lr=0.01, momentum=0.9)
+    local = cell.batch_size // world
+    shape = (local, 3, cell.data.image_size, cell.data.image_size)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    v1 = torch.randn(shape, device=device).contiguous(memory_format=fmt)
+    v2 = torch.randn(shape, device=device).contiguous(memory_format=fmt)
+    autocast = runtime.autocast_context(device, cell.precision)
+    runtime.reset_peak_memory(device)
+    step_s, ema_s = [], []
+    method.train()
+    for k in range(total):
+        _sync(device)
+        t0 = time.perf_counter()
+        with autocast:
+            loss, _ = method.training_step(v1, v2, k)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        t1 = time.perf_counter()
+        method.update_teacher(0.99)  # the EMA alone, timed outside the step
+        _sync(device)
+        t2 = time.perf_counter()
+        if k >= warmup:
+            step_s.append(t1 - t0)
+            ema_s.append(t2 - t1)
+    step_ms = _median_ms(step_s)
+    ema_ms = _median_ms(ema_s)
+    return {
+        "step_ms": step_ms,
+        "images_per_s": cell.batch_size / (step_ms / 1e3),
+        "ema_ms": ema_ms,
+        "ema_fraction": ema_ms / step_ms,
+        "peak_memory_mb": runtime.peak_memory_mb(device),
+    }
+
+
+def time_supervised_step(
+    cell: CellConfig, device: torch.device, steps: int, warmup: int
+) -> dict[str, float]:
+    """The reference: backbone + linear classifier, cross-entropy on 2B images, one SGD step."""
+    from suite.models import build_backbone
+
+    torch.manual_seed(cell.seed)
+    backbone, dim = build_backbone(
+        cell.backbone, image_size=cell.data.image_size, cifar_stem=cell.method.cifar_stem
+    )
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(dim, 1000)).to(device)
+    channels_last = runtime.use_channels_last(device, cell.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    n = 2 * cell.batch_size
+    x = torch.randn(n, 3, cell.data.image_size, cell.data.image_size, device=device)
+    x = x.contiguous(memory_format=fmt)
+    y = torch.randint(0, 1000, (n,), device=device)
+    autocast = runtime.autocast_context(device, cell.precision)
+    times = []
+    for k in range(steps + warmup):
+        _sync(device)
+        t0 = time.perf_counter()
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        if k >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"supervised_step_ms": _median_ms(times)}
+
+
+def time_data_path(
+    cell: CellConfig, device: torch.device, batches: int, root: str | None = None
+) -> dict[str, float]:
+    """Two-view batches per second from ``cell``'s dataset, with nothing else running."""
+    from suite.data import build_data
+
+    data = build_data(
+        cell.data.name,
+        root=root or cell.data.root,
+        image_size=cell.data.image_size,
+        aug="mocov2" if cell.method.name == "mocov2" else "byol",
+        batch_size=cell.batch_size,
+        device=device,
+        num_workers=cell.data.num_workers,
+        seed=cell.seed,
+        blur=cell.data.blur,
+    )
+    it = iter(data.ssl_epoch(0))
+    next(it)  # start-up (workers, first batch) is not the steady state
+    _sync(device)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        try:
+            next(it)
+        except StopIteration:
+            break
+        n += 1
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    return {"data_images_per_s": n * cell.batch_size / max(elapsed, 1e-9)}
+
+
+def _worker(
+    rank: int,
+    world: int,
+    store: str,
+    cell_dict: dict,
+    device: str,
+    steps: int,
+    warmup: int,
+    out: str,
+) -> None:
+    import torch.distributed as dist
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(rank)
+        dev = torch.device("cuda", rank)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        cell = CellConfig.from_dict(cell_dict)
+        result = time_training_step(cell, dev, steps, warmup, rank, world)
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_bench(
+    cell: CellConfig,
+    *,
+    device: str = "auto",
+    steps: int = 10,
+    warmup: int = 3,
+    reference: bool = False,
+    data_batches: int = 0,
+    data_root: str | None = None,
+) -> dict[str, Any]:
+    """Time ``cell``'s training step (and optionally the supervised reference and data path)."""
+    dev = runtime.resolve_device(device)
+    result: dict[str, Any] = {
+        "method": cell.method.name,
+        "backbone": cell.backbone,
+        "image_size": cell.data.image_size,
+        "batch_size": cell.batch_size,
+        "student_bn": cell.student_bn,
+        "teacher_bn": cell.teacher_bn,
+        "devices": cell.devices,
+        "nproc": cell.nproc,
+        "device": runtime.device_name(dev),
+        "precision": cell.precision,
+        "torch": torch.__version__,
+        "steps": steps,
+        "warmup": warmup,
+    }
+    if cell.nproc > 1:
+        import torch.multiprocessing as mp
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "result.json")
+            mp.spawn(
+                _worker,
+                args=(
+                    cell.nproc,
+                    os.path.join(tmp, "store"),
+                    cell.to_dict(),
+                    dev.type,
+                    steps,
+                    warmup,
+                    out,
+                ),
+                nprocs=cell.nproc,
+                join=True,
+            )
+            with open(out) as f:
+                result.update(json.load(f))
+    else:
+        result.update(time_training_step(cell, dev, steps, warmup))
+    if reference:
+        result.update(time_supervised_step(replace(cell, nproc=1), dev, steps, warmup))
+        result["step_over_supervised"] = result["step_ms"] / result["supervised_step_ms"]
+    if data_batches:
+        result.update(time_data_path(cell, dev, data_batches, data_root))
+    return result
+
+
+def add_arguments(parser) -> None:
+    """The flags of ``bnsuite bench`` (argparse)."""
+    from suite.cell import METHODS, PRECISIONS, STRATEGIES
+
+    parser.add_argument("--method", choices=METHODS, default="byol")
+    parser.add_argument("--backbone", default="resnet18", help="any timm model with BatchNorm")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64, help="global batch per view")
+    parser.add_argument("--student-bn", choices=STRATEGIES, default="local")
+    parser.add_argument(
+        "--teacher-bn",
+        choices=STRATEGIES,
+        default=None,
+        help="default: momentum for m2t, shuffle for mocov2, local for byol",
+    )
+    parser.add_argument("--devices", type=int, default=1, help="emulated devices (BN groups)")
+    parser.add_argument("--nproc", type=int, default=1, help="processes (DDP; gloo on CPU)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--device", choices=runtime.DEVICES, default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--reference", action="store_true", help="also time a supervised step on the same 2B images"
+    )
+    parser.add_argument(
+        "--data",
+        type=int,
+        default=0,
+        metavar="BATCHES",
+        help="also time the data path alone over this many batches",
+    )
+    parser.add_argument("--dataset", default="synthetic", help="dataset for --data")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def main(args) -> int:
+    """``bnsuite bench``: exit 2 on a bad combination, before anything is built."""
+    import sys
+
+    problems = []
+    if args.batch_size % args.devices:
+        problems.append(
+            f"--batch-size {args.batch_size} is not divisible by --devices {args.devices}"
+        )
+    if args.devices % args.nproc:
+        problems.append(f"--devices {args.devices} is not a multiple of --nproc {args.nproc}")
+    if args.student_bn == "momentum":
+        problems.append(
+            "--student-bn momentum: MomentumBN is for the teacher only; "
+            "choose from local, sync, shuffle"
+        )
+    if args.steps < 1 or args.warmup < 0:
+        problems.append("--steps must be >= 1 and --warmup >= 0")
+    if problems:
+        for p in problems:
+            print(f"bnsuite bench: {p}", file=sys.stderr)
+        return 2
+    cell = bench_cell(
+        args.method,
+        args.backbone,
+        args.image_size,
+        args.batch_size,
+        args.student_bn,
+        args.teacher_bn,
+        args.devices,
+        args.nproc,
+        args.precision,
+        args.channels_last,
+    )
+    cell = replace(cell, data=replace(cell.data, name=args.dataset, root=args.data_root))
+    result = run_bench(
+        cell,
+        device=args.device,
+        steps=args.steps,
+        warmup=args.warmup,
+        reference=args.reference,
+        data_batches=args.data,
+        data_root=args.data_root,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        width = max(len(k) for k in result)
+        for key, value in result.items():
+            shown = f"{value:.4g}" if isinstance(value, float) else value
+            print(f"{key:<{width}}  {shown}")
+    return 0

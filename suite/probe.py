@@ -1,0 +1,97 @@
+"""Evaluate a trained cell: cached features of the chosen encoder → weighted kNN and linear probe.
+
+Every accuracy has its floor beside it: the same probes on the random-init encoder of the same
+backbone and data (``knn/top1_random_init``, ``linear/top1_random_init``). Accuracies are
+fractions in [0, 1]; the protocol (k, T, linear epochs, encoder) is part of the cell's params.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from suite import runtime
+from suite.cell import CellConfig
+
+
+def _features(encoder: nn.Module, data, device, channels_last: bool, dtype, batch_size: int):
+    from suite.eval import extract_features
+
+    train = extract_features(
+        encoder,
+        data.eval_batches("train", batch_size),
+        device=device,
+        channels_last=channels_last,
+        autocast_dtype=dtype,
+    )
+    test = extract_features(
+        encoder,
+        data.eval_batches("test", batch_size),
+        device=device,
+        channels_last=channels_last,
+        autocast_dtype=dtype,
+    )
+    return train, test
+
+
+def probe_features(cell: CellConfig, train, test, num_classes: int, suffix: str = "") -> dict:
+    """kNN and linear probe on cached (features, labels) pairs."""
+    from suite.eval import knn_accuracy, linear_probe
+
+    (train_x, train_y), (test_x, test_y) = train, test
+    knn = knn_accuracy(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        k=cell.eval.knn_k,
+        temperature=cell.eval.knn_temperature,
+        num_classes=num_classes,
+    )
+    out = {f"knn/top1{suffix}": knn["top1"]}
+    if "top5" in knn:
+        out[f"knn/top5{suffix}"] = knn["top5"]
+    if cell.eval.linear_epochs > 0:
+        lin = linear_probe(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            num_classes=num_classes,
+            epochs=cell.eval.linear_epochs,
+            lr=cell.eval.linear_lr,
+            batch_size=cell.eval.linear_batch_size,
+            seed=cell.seed,
+        )
+        out[f"linear/top1{suffix}"] = lin["top1"]
+        out[f"linear/best_top1{suffix}"] = lin["best_top1"]
+        if "top5" in lin:
+            out[f"linear/top5{suffix}"] = lin["top5"]
+    return out
+
+
+def evaluate_cell(
+    cell: CellConfig, method, data, device: torch.device, channels_last: bool
+) -> dict[str, Any]:
+    """Probe the cell's evaluated encoder, and the random-init floor when asked for."""
+    from suite.models import build_backbone
+
+    dtype = runtime.autocast_dtype(device, cell.precision)
+    bs = max(cell.eval.linear_batch_size, 256)
+    encoder = method.encoder(cell.eval_encoder)
+    train, test = _features(encoder, data, device, channels_last, dtype, bs)
+    metrics = probe_features(cell, train, test, data.num_classes)
+    metrics["eval/feature_dim"] = train[0].shape[1]
+    if cell.eval.random_init_floor:
+        torch.manual_seed(cell.seed)
+        fresh, _ = build_backbone(
+            cell.backbone, image_size=cell.data.image_size, cifar_stem=cell.method.cifar_stem
+        )
+        fresh.to(device)
+        if channels_last:
+            fresh.to(memory_format=torch.channels_last)
+        train0, test0 = _features(fresh, data, device, channels_last, dtype, bs)
+        metrics.update(probe_features(cell, train0, test0, data.num_classes, "_random_init"))
+    return metrics

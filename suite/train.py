@@ -1,0 +1,246 @@
+"""Train and evaluate one cell: data → method → loop (schedules, EMA, timers, checkpoints) → probes.
+
+One process emulates ``cell.devices`` devices for BN statistics; under ``torchrun`` each of the
+``cell.nproc`` processes holds ``batch_size / nproc`` samples of every view and the student is
+wrapped in DistributedDataParallel (gloo on CPU, NCCL on CUDA).
+
+Per iteration k (0-based) of K = epochs × steps_per_epoch:
+    lr_k    = warm-up from ``warmup_lr`` to ``lr_per_256·B/256`` over the warm-up steps, then
+              cosine to 0 (timm's ``CosineLRScheduler``, per iteration);
+    teacher   ← EMA with m_k (inside ``method.training_step``), then forwards, loss, backward, step.
+
+A loss that is not finite stops the cell with :class:`TrainingDiverged`. A checkpoint (method,
+optimiser, step) is written atomically every ``checkpoint_every`` steps and at the end; a restart
+resumes from it and, on CPU, continues bit-identically (the data order and augmentations are a
+pure function of seed, epoch and batch index).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from suite import runtime
+from suite.cell import CellConfig
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the cell fails with the step and the value."""
+
+
+@dataclass
+class StepTimer:
+    """Wall time per step and the part of it spent waiting for the next batch."""
+
+    step_s: list[float] = field(default_factory=list)
+    wait_s: list[float] = field(default_factory=list)
+
+    def summary(self, samples_per_step: int, skip: int) -> dict[str, float]:
+        steps = self.step_s[skip:] or self.step_s
+        waits = self.wait_s[skip:] or self.wait_s
+        if not steps:
+            return {}
+        median = statistics.median(steps)
+        return {
+            "step_ms": 1e3 * median,
+            "images_per_s": samples_per_step / median,
+            "data_wait_fraction": sum(waits) / max(sum(steps), 1e-12),
+        }
+
+
+def build_optimizer(cell: CellConfig, params: list[nn.Parameter], world_batch: int):
+    """SGD (momentum) or LARS (timm) with lr = lr_per_256 · B / 256, weight decay on all params."""
+    lr = cell.optim.lr_per_256 * world_batch / 256
+    if cell.optim.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=cell.optim.momentum, weight_decay=cell.optim.weight_decay
+        )
+    if cell.optim.name == "lars":
+        from timm.optim import Lars
+
+        return Lars(
+            params, lr=lr, momentum=cell.optim.momentum, weight_decay=cell.optim.weight_decay
+        )
+    raise ValueError(f"optimizer.name: {cell.optim.name!r}; choose from sgd, lars")
+
+
+def build_scheduler(cell: CellConfig, optimizer, total_steps: int, steps_per_epoch: int):
+    """Per-iteration linear warm-up from ``warmup_lr`` then cosine to 0 (timm)."""
+    from timm.scheduler import CosineLRScheduler
+
+    warmup = min(int(round(cell.optim.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(total_steps - warmup, 1),
+        lr_min=0.0,
+        warmup_t=warmup,
+        warmup_lr_init=cell.optim.warmup_lr,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
+
+
+def _world_slice(v: torch.Tensor, d: runtime.Dist) -> torch.Tensor:
+    """This rank's share of a global batch (contiguous, as DDP ranks hold them)."""
+    if d.world == 1:
+        return v
+    n = v.shape[0] // d.world
+    return v[d.rank * n : (d.rank + 1) * n]
+
+
+def train_cell(
+    cell: CellConfig,
+    *,
+    device: str = "auto",
+    workdir: Path | str,
+    progress: ProgressFn | None = None,
+    log_metrics: Callable[[dict[str, float], int], None] | None = None,
+    stop_at_step: int | None = None,
+    evaluate: bool = True,
+) -> dict[str, Any]:
+    """Train ``cell`` (resuming from ``workdir/checkpoint.pt``), evaluate, return the metrics.
+
+    ``stop_at_step`` interrupts after that many steps (as a crash would, checkpoint included);
+    ``log_metrics(metrics, step)`` receives the loss and schedules every ``cell.log_every`` steps.
+    """
+    from suite.data import build_data
+    from suite.methods import build_method
+
+    dev = runtime.resolve_device(device)
+    dinfo = runtime.init_distributed(dev)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", dinfo.local_rank)
+    if cell.nproc != dinfo.world:
+        raise ValueError(
+            f"nproc: the cell asks for {cell.nproc} processes but this job has {dinfo.world}"
+            " (launch with torchrun --nproc-per-node)"
+        )
+    workdir = Path(workdir)
+    start_time = time.perf_counter()
+    runtime.seed_everything(cell.seed)
+    data = build_data(
+        cell.data.name,
+        root=cell.data.root,
+        image_size=cell.data.image_size,
+        aug="mocov2" if cell.method.name == "mocov2" else "byol",
+        batch_size=cell.batch_size,
+        device=dev,
+        num_workers=cell.data.num_workers,
+        seed=cell.seed,
+        blur=cell.data.blur,
+    )
+    steps_per_epoch = data.steps_per_epoch
+    total_steps = cell.epochs * steps_per_epoch
+    run_steps = min(total_steps, cell.max_steps) if cell.max_steps else total_steps
+
+    runtime.seed_everything(cell.seed)  # model init independent of how the data was built
+    method = build_method(cell, total_steps=total_steps, num_ssl_samples=data.num_ssl_samples)
+    channels_last = runtime.use_channels_last(dev, cell.channels_last)
+    method.to(dev, memory_format=torch.channels_last) if channels_last else method.to(dev)
+    if dinfo.world > 1:
+        method.wrap_student(
+            lambda m: nn.parallel.DistributedDataParallel(
+                m, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+        )
+    optimizer = build_optimizer(cell, method.student_parameters(), cell.batch_size)
+    scheduler = build_scheduler(cell, optimizer, total_steps, steps_per_epoch)
+
+    ckpt_path = workdir / "checkpoint.pt"
+    step = 0
+    state = runtime.load_checkpoint(ckpt_path)
+    if state is not None:
+        if state.get("cell_id") != cell.cell_id:
+            raise ValueError(
+                f"checkpoint {ckpt_path} belongs to cell {state.get('cell_id')}, not {cell.cell_id}"
+            )
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        step = int(state["step"])
+
+    def save() -> None:
+        if dinfo.is_main:
+            runtime.save_atomic(
+                {
+                    "cell_id": cell.cell_id,
+                    "step": step,
+                    "method": method.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng_cpu": torch.get_rng_state(),
+                },
+                ckpt_path,
+            )
+        if dinfo.world > 1:
+            torch.distributed.barrier()
+
+    timer = StepTimer()
+    runtime.reset_peak_memory(dev)
+    method.train()
+    last_logs: dict[str, float] = {}
+    resumed_at = step
+    autocast = runtime.autocast_context(dev, cell.precision)
+    while step < run_steps:
+        epoch, start = divmod(step, steps_per_epoch)
+        batches = data.ssl_epoch(epoch, start=start)
+        t_wait = time.perf_counter()
+        for view1, view2 in batches:
+            t_got = time.perf_counter()
+            view1, view2 = _world_slice(view1, dinfo), _world_slice(view2, dinfo)
+            if channels_last:
+                view1 = view1.contiguous(memory_format=torch.channels_last)
+                view2 = view2.contiguous(memory_format=torch.channels_last)
+            scheduler.step_update(num_updates=step)
+            with autocast:
+                loss, logs = method.training_step(view1, view2, step)
+            if not math.isfinite(logs["loss"]):
+                raise TrainingDiverged(
+                    f"loss became {logs['loss']} at step {step} (epoch {epoch}); the cell stops. "
+                    "Lower optimizer.lr_per_256 or check the data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t_end = time.perf_counter()
+            timer.step_s.append(t_end - t_wait)
+            timer.wait_s.append(t_got - t_wait)
+            step += 1
+            logs["lr"] = optimizer.param_groups[0]["lr"]
+            last_logs = logs
+            if progress is not None:
+                progress(step, run_steps, logs)
+            if log_metrics is not None and (step % cell.log_every == 0 or step == run_steps):
+                log_metrics({f"train/{k}": float(v) for k, v in logs.items()}, step)
+            if step % cell.checkpoint_every == 0 or step == run_steps:
+                save()
+            if stop_at_step is not None and step >= stop_at_step:
+                return {"interrupted_at": step}
+            if step >= run_steps:
+                break
+            t_wait = time.perf_counter()
+
+    metrics: dict[str, Any] = {"train/steps": step, "train/total_steps": total_steps}
+    if last_logs:
+        metrics["train/loss_final"] = last_logs["loss"]
+    samples_per_step = cell.batch_size
+    metrics.update(timer.summary(samples_per_step, skip=min(2, max(len(timer.step_s) - 1, 0))))
+    metrics["peak_memory_mb"] = runtime.peak_memory_mb(dev)
+    metrics["train/resumed_at"] = resumed_at
+    if evaluate and dinfo.is_main:
+        from suite.probe import evaluate_cell
+
+        metrics.update(evaluate_cell(cell, method, data, dev, channels_last))
+    metrics["wall_time_s"] = time.perf_counter() - start_time
+    return metrics

@@ -1,0 +1,412 @@
+"""Teacher–student methods: EMA, schedules, BYOL/M2T and MoCo v2 losses, fused views, queue, DDP."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from suite.cell import CellConfig, DataConfig, MethodConfig
+from suite.methods import METHODS, MoCoV2, build_method
+from suite.methods.base import cosine_momentum
+from suite.methods.mocov2 import info_nce, queue_length
+
+SIZE, BATCH = 8, 8
+HEADS = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 32}
+MOCO_HEADS = {"proj_hidden": 32, "proj_dim": 16, "queue_size": 3 * BATCH}
+# Same math, other float32 summation order (one conv over 2B samples vs two over B; DDP's
+# all-reduce of per-rank sums): gradients agree to ~1e-5 relative, not bit for bit.
+REORDERED = {"rtol": 1e-4, "atol": 1e-4}
+
+
+def make_cell(method="byol", student_bn="local", teacher_bn="local", devices=1, **overrides):
+    heads = MOCO_HEADS if method == "mocov2" else HEADS
+    method_cfg = MethodConfig(name=method, **{**heads, **overrides})
+    return CellConfig(
+        backbone="test_resnet",
+        data=DataConfig(image_size=SIZE),
+        method=method_cfg,
+        batch_size=BATCH,
+        devices=devices,
+        student_bn=student_bn,
+        teacher_bn=teacher_bn,
+    )
+
+
+def make(method="byol", *, total_steps=4, seed=0, **cell_kw):
+    torch.manual_seed(seed)
+    return build_method(make_cell(method, **cell_kw), total_steps=total_steps, num_ssl_samples=100)
+
+
+def views(seed=1, batch=BATCH):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, SIZE, SIZE, generator=g), torch.randn(
+        batch, 3, SIZE, SIZE, generator=g
+    )
+
+
+def unit(x):
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def clone_params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+# -- base: teacher, EMA, schedule, validation ------------------------------------------------------
+def test_teacher_starts_as_a_copy_of_the_student_without_gradients():
+    m = make()
+    for t, s in zip(m.teacher.parameters(), m.student.encoder.parameters(), strict=True):
+        assert torch.equal(t, s) and t is not s
+        assert not t.requires_grad
+    assert not any(p is q for p in m.student_parameters() for q in m.teacher.parameters())
+
+
+def test_ema_equals_m_teacher_plus_one_minus_m_student_and_leaves_buffers_alone():
+    """θ_t ← m·θ_t + (1 − m)·θ_s over parameters; the teacher's BN buffers are its own."""
+    m = make()
+    with torch.no_grad():
+        for p in m.student.parameters():
+            p.add_(torch.randn_like(p))
+        for b in m.student.buffers():
+            b.add_(3)
+    t0, s0 = clone_params(m.teacher), clone_params(m.student.encoder)
+    buffers0 = [b.clone() for b in m.teacher.buffers()]
+    m.update_teacher(0.9)
+    for t, a, b in zip(m.teacher.parameters(), t0, s0, strict=True):
+        torch.testing.assert_close(t, 0.9 * a + (1 - 0.9) * b, rtol=0, atol=1e-6)
+    assert all(torch.equal(b, b0) for b, b0 in zip(m.teacher.buffers(), buffers0, strict=True))
+
+
+def test_cosine_momentum_is_m0_at_start_midway_and_one_at_the_end():
+    """m_k = 1 − (1 − m0)(cos(πk/K)+1)/2: m0 at 0, 1 − (1 − m0)/2 at K/2, 1 at K."""
+    assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
+    assert cosine_momentum(50, 100, 0.99) == pytest.approx(0.995)
+    assert cosine_momentum(100, 100, 0.99) == pytest.approx(1.0)
+    assert make("byol", total_steps=100).momentum_at(50) == pytest.approx(0.995)
+
+
+def test_moco_momentum_is_constant_0999_by_default():
+    m = make("mocov2")
+    assert [m.momentum_at(k) for k in (0, 2, 4)] == [0.999] * 3
+
+
+@pytest.mark.parametrize("bad", ["momentum", "shuffle", "group"])
+def test_teacher_only_or_unknown_student_bn_is_refused(bad):
+    with pytest.raises(ValueError, match=rf"student_bn: '{bad}'.*valid choices: local, sync"):
+        make(student_bn=bad)
+
+
+def test_unknown_teacher_bn_and_method_are_refused():
+    with pytest.raises(ValueError, match=r"teacher_bn: 'mom'.*local, sync, momentum, shuffle"):
+        make(teacher_bn="mom")
+    with pytest.raises(ValueError, match=r"method.name: 'simclr'.*byol, mocov2, m2t"):
+        make("simclr")
+
+
+def test_batch_not_divisible_by_devices_is_refused():
+    with pytest.raises(ValueError, match=r"batch_size: 8 is not divisible by devices=3"):
+        make(devices=3)
+
+
+def test_encoder_returns_the_chosen_backbone():
+    m = make()
+    assert m.encoder("student") is m.student.encoder.backbone
+    assert m.encoder("teacher") is m.teacher.backbone
+    with pytest.raises(ValueError, match=r"eval.encoder: 'online'"):
+        m.encoder("online")
+
+
+def test_wrapped_student_runs_the_forward_and_keeps_state_dict_names():
+    """wrap_student (DDP in the loop) routes forwards through the wrapper; names stay unwrapped."""
+    m = make()
+    keys = list(m.state_dict())
+    calls = []
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            calls.append(len(x))
+            return self.module(x)
+
+    m.wrap_student(Wrapper)
+    m.training_step(*views(), step=0)
+    assert calls == [2 * BATCH]  # both views in one call (DDP-safe)
+    assert list(m.state_dict()) == keys
+
+
+# -- BYOL / M2T ------------------------------------------------------------------------------------
+def test_byol_loss_equals_4_minus_2_sum_of_cosines_from_module_outputs():
+    """loss = mean(4 − 2(⟨q̂1, k̂1⟩ + ⟨q̂2, k̂2⟩)), q_i = student(x_i), k1 = teacher(x2),
+    k2 = teacher(x1)."""
+    m = make("byol")
+    ref = copy.deepcopy(m)
+    x1, x2 = views()
+    loss, logs = m.training_step(x1, x2, step=0)
+    ref.update_teacher(ref.momentum_at(0))
+    q1, q2 = ref.student(x1), ref.student(x2)
+    with torch.no_grad():
+        k1, k2 = ref.teacher(x2), ref.teacher(x1)
+    cos1 = (unit(q1) * unit(k1)).sum(1)
+    cos2 = (unit(q2) * unit(k2)).sum(1)
+    torch.testing.assert_close(loss, (4 - 2 * (cos1 + cos2)).mean())
+    assert logs["loss"] == pytest.approx(loss.item())
+    assert logs["teacher_momentum"] == pytest.approx(0.99)
+
+
+def test_byol_teacher_sees_x2_before_x1():
+    """Official call order: teacher(x2), then teacher(x1) (matters for MomentumBN and ShuffleBN)."""
+    m = make("byol")
+    m.fuse_views = False
+    seen = []
+    m.teacher.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    x1, x2 = views()
+    m.training_step(x1, x2, step=0)
+    assert torch.equal(seen[0], x2) and torch.equal(seen[1], x1)
+
+
+@pytest.mark.parametrize(
+    ("student_bn", "teacher_bn"),
+    [("local", "local"), ("sync", "sync"), ("local", "momentum"), ("sync", "momentum")],
+)
+def test_fused_views_equal_separate_forwards(student_bn, teacher_bn):
+    """cat([x1, x2]) under concat_views == one forward per view: outputs, loss, grads, BN state.
+
+    Two steps with an SGD step between, two emulated devices, so MomentumBN's history (β < 1) and
+    the lazy update are exercised. Each step starts both copies from the same state: tiny
+    rounding differences would otherwise grow through the SGD step (BN over 8 samples amplifies).
+    """
+    fused = make("m2t", student_bn=student_bn, teacher_bn=teacher_bn, devices=2)
+    separate = copy.deepcopy(fused)
+    separate.fuse_views = False
+    outputs = {}
+    for name, m in (("fused", fused), ("separate", separate)):
+        rec = outputs[name] = {"student": [], "teacher": []}
+        m.student.register_forward_hook(lambda mod, a, out, r=rec: r["student"].append(out))
+        m.teacher.register_forward_hook(lambda mod, a, out, r=rec: r["teacher"].append(out))
+    opts = [torch.optim.SGD(m.student_parameters(), lr=0.5) for m in (fused, separate)]
+    for step in range(2):
+        x1, x2 = views(seed=step)
+        separate.load_state_dict(fused.state_dict())
+        results = []
+        for m, opt in zip((fused, separate), opts, strict=True):
+            loss, _ = m.training_step(x1, x2, step)
+            opt.zero_grad()
+            loss.backward()
+            results.append((loss, [p.grad.clone() for p in m.student_parameters()]))
+            opt.step()
+        (loss_f, grads_f), (loss_s, grads_s) = results
+        torch.testing.assert_close(loss_f, loss_s)
+        for g_f, g_s in zip(grads_f, grads_s, strict=True):
+            torch.testing.assert_close(g_f, g_s, **REORDERED)
+        for side in ("student", "teacher"):
+            torch.testing.assert_close(
+                torch.cat(outputs["fused"][side]), torch.cat(outputs["separate"][side]), **REORDERED
+            )
+            outputs["fused"][side].clear()
+            outputs["separate"][side].clear()
+        state_f, state_s = fused.state_dict(), separate.state_dict()
+        for key in state_f:
+            torch.testing.assert_close(state_f[key], state_s[key], **REORDERED, msg=key)
+    if teacher_bn == "momentum":
+        assert fused._momentum_layer.step == 2  # two lazy commits, one per step
+
+
+def test_m2t_logs_the_momentum_bn_beta_of_the_step():
+    """β_k = (cos(πk/K) + 1)/2 of the first teacher layer, for the step's forwards (k = 0, 1)."""
+    m = make("m2t", student_bn="local", teacher_bn="momentum", total_steps=4)
+    betas = [m.training_step(*views(), step=k)[1]["teacher_bn_beta"] for k in range(2)]
+    assert betas == pytest.approx([1.0, (math.cos(math.pi / 4) + 1) / 2])
+
+
+# -- MoCo v2 ---------------------------------------------------------------------------------------
+def test_info_nce_equals_cross_entropy_over_positive_then_queue_logits():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    queue = F.normalize(torch.randn(12, 5, generator=g), dim=1)
+    logits = torch.cat([(unit(q) * unit(k)).sum(1, keepdim=True), unit(q) @ queue.T], 1) / 0.2
+    by_hand = -(logits[:, 0] - logits.logsumexp(dim=1)).mean()
+    torch.testing.assert_close(info_nce(q, k, queue, 0.2), by_hand)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_moco_loss_from_module_outputs_and_keys_enqueued(symmetric):
+    """loss = InfoNCE(student(x1), teacher(x2), queue) (symmetric: mean with (x2, x1));
+    afterwards the first B rows of the queue hold normalize(teacher(x2)) and the pointer is B."""
+    m = make("mocov2", symmetric=symmetric)
+    ref = copy.deepcopy(m)
+    x1, x2 = views()
+    loss, _ = m.training_step(x1, x2, step=0)
+    ref.update_teacher(ref.momentum_at(0))
+    with torch.no_grad():
+        k1, k2 = ref.teacher(x2), ref.teacher(x1)
+    expected = info_nce(ref.student(x1), k1, ref.queue, 0.2)
+    if symmetric:
+        expected = (expected + info_nce(ref.student(x2), k2, ref.queue, 0.2)) / 2
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(m.queue[:BATCH], unit(k1))
+    assert torch.equal(m.queue[BATCH:], ref.queue[BATCH:])
+    assert int(m.queue_ptr) == BATCH
+
+
+def test_enqueue_writes_at_the_pointer_and_wraps_around():
+    """Queue of 3 batches: the pointer runs 0 → B → 2B → 0, the 4th batch overwrites rows [0, B)."""
+    m = make("mocov2")
+    assert m.queue.shape == (3 * BATCH, 16)
+    pointers = []
+    for i in range(4):
+        m.enqueue(torch.full((BATCH, 16), float(i)))
+        pointers.append(int(m.queue_ptr))
+    assert pointers == [BATCH, 2 * BATCH, 0, BATCH]
+    assert m.queue[:BATCH].eq(3).all() and m.queue[BATCH : 2 * BATCH].eq(1).all()
+    assert m.queue[2 * BATCH :].eq(2).all()
+    assert {"queue", "queue_ptr"} <= set(m.state_dict())
+
+
+def test_queue_length_is_sized_down_to_whole_batches_of_the_data():
+    """K = min(queue_size, ⌊N/B⌋·B); a queue that is not a multiple of B is an error."""
+    assert queue_length(65536, 256, 50_000) == 195 * 256
+    assert queue_length(4096, 256, 50_000) == 4096
+    with pytest.raises(ValueError, match=r"method.queue_size: 1000 is not a positive multiple"):
+        queue_length(1000, 256, 50_000)
+    with pytest.raises(ValueError, match=r"100 samples, fewer than one global batch of 256"):
+        queue_length(65536, 256, 100)
+
+
+def test_moco_rejects_a_predictor():
+    with pytest.raises(ValueError, match=r"method.pred_hidden: 32; MoCo v2 has no predictor"):
+        make("mocov2", pred_hidden=32)
+
+
+def test_shuffle_bn_with_one_device_gives_exactly_the_unshuffled_keys():
+    """devices=1: BN statistics do not depend on the order, so unshuffle(f(shuffle(x))) == f(x);
+    with 2 devices the chunks hold other samples and the keys change (the point of ShuffleBN)."""
+    batch = 16
+    x = views(batch=batch)[0]
+    for devices in (1, 2):
+        plain = make("mocov2", teacher_bn="local", devices=devices)
+        shuffled = make("mocov2", teacher_bn="shuffle", devices=devices)
+        seen = []
+        shuffled.teacher.register_forward_pre_hook(lambda mod, args, s=seen: s.append(args[0]))
+        torch.manual_seed(0)
+        (k_shuffled,) = shuffled.forward_teacher([x])
+        (k_plain,) = plain.forward_teacher([x])
+        assert not torch.equal(seen[0], x)  # the teacher did see a permuted batch
+        if devices == 1:
+            torch.testing.assert_close(k_shuffled, k_plain)
+        else:
+            assert not torch.allclose(k_shuffled, k_plain, atol=1e-4)
+
+
+@pytest.mark.parametrize(("symmetric", "views_per_step"), [(False, 1), (True, 2)])
+def test_moco_momentum_teacher_commits_once_per_step(symmetric, views_per_step):
+    """MomentumBN's lazy update counts the key encoder's views per step (1, or 2 symmetric)."""
+    m = make("mocov2", teacher_bn="momentum", symmetric=symmetric)
+    assert m._momentum_layer.views_per_step == views_per_step
+    m.training_step(*views(), step=0)
+    assert m._momentum_layer.step == 1
+
+
+# -- every registered method -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_one_optimizer_step_trains_the_student_and_the_teacher_follows_by_ema_only(name):
+    """Step 0 then step 1 with the method's own BN pair on 2 devices: the student moves by SGD; the
+    teacher gets no gradient and after step 1 equals m1·θ_t + (1 − m1)·θ_s (θ_s after step 0)."""
+    cls = METHODS[name]
+    m = make(name, student_bn=cls.default_bn[0], teacher_bn=cls.default_bn[1], devices=2)
+    opt = torch.optim.SGD(m.student_parameters(), lr=0.5)
+    s_before = clone_params(m.student)
+    loss, logs = m.training_step(*views(seed=0), step=0)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and {"loss", "teacher_momentum"} <= set(logs)
+    assert any(not torch.equal(a, b) for a, b in zip(s_before, m.student.parameters(), strict=True))
+    assert all(p.grad is None for p in m.teacher.parameters())
+    t0, s1 = clone_params(m.teacher), clone_params(m.student.encoder)
+    m.training_step(*views(seed=1), step=1)
+    mom = m.momentum_at(1)
+    for t, a, b in zip(m.teacher.parameters(), t0, s1, strict=True):
+        torch.testing.assert_close(t, mom * a + (1 - mom) * b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_state_dict_resumes_bit_identically(name):
+    """Train 2 steps, load the state into a freshly built method (other seed): step 3 is identical
+    (teacher, BN histories and pending views, queue and pointer all travel in state_dict)."""
+    cls = METHODS[name]
+    cell_kw = {"student_bn": cls.default_bn[0], "teacher_bn": cls.default_bn[1], "devices": 2}
+    a = make(name, **cell_kw)
+    opt_a = torch.optim.SGD(a.student_parameters(), lr=0.5, momentum=0.9)
+    for step in range(2):
+        loss, _ = a.training_step(*views(seed=step), step=step)
+        opt_a.zero_grad()
+        loss.backward()
+        opt_a.step()
+    b = make(name, seed=123, **cell_kw)
+    b.load_state_dict(a.state_dict())
+    opt_b = torch.optim.SGD(b.student_parameters(), lr=0.5, momentum=0.9)
+    opt_b.load_state_dict(opt_a.state_dict())
+    losses = []
+    for m in (a, b):
+        torch.manual_seed(7)  # ShuffleBN's permutation comes from the global generator
+        losses.append(m.training_step(*views(seed=2), step=2)[0])
+    assert torch.equal(losses[0], losses[1])
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_registry_builds_the_named_class():
+    assert isinstance(make("mocov2"), MoCoV2)
+    assert METHODS["m2t"].default_bn == ("local", "momentum")
+    assert make_cell("m2t").eval_encoder == "teacher"
+
+
+# -- DDP: two gloo processes == one process emulating two devices ---------------------------------
+DDP_CASES = [("byol", "sync", "sync"), ("m2t", "local", "momentum"), ("mocov2", "local", "shuffle")]
+
+
+def _ddp_step(name, student_bn, teacher_bn, rank=0, world=1):
+    """Step 0 of a method on this rank's contiguous share of the global batch (all if world=1)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    m = make(name, student_bn=student_bn, teacher_bn=teacher_bn, devices=2)
+    if world > 1:
+        m.wrap_student(DistributedDataParallel)
+    x1, x2 = views()
+    mine = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    torch.manual_seed(7)  # ShuffleBN's permutation (drawn on rank 0 when distributed)
+    loss, _ = m.training_step(x1[mine], x2[mine], step=0)
+    loss.backward()
+    grads = [p.grad.clone() for p in m.student_parameters()]
+    return {"loss": loss.detach(), "grads": grads, "queue": getattr(m, "queue", None)}
+
+
+def _ddp_worker(rank, world):
+    return {case: _ddp_step(*case, rank=rank, world=world) for case in DDP_CASES}
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_ddp_on_two_processes_equals_two_emulated_devices(tmp_path):
+    """DDP-wrapped student, 2 gloo ranks × 4 samples == 1 process, devices=2, 8 samples: mean loss,
+    averaged gradients and (MoCo) the queue after gathering keys; SyncBN, MomentumBN, ShuffleBN."""
+    from distributed import run_gloo
+
+    ranks = run_gloo(_ddp_worker, 2, tmp_path)
+    for case in DDP_CASES:
+        ref = _ddp_step(*case)
+        torch.testing.assert_close(
+            (ranks[0][case]["loss"] + ranks[1][case]["loss"]) / 2, ref["loss"]
+        )
+        for r in ranks:
+            for g, g_ref in zip(r[case]["grads"], ref["grads"], strict=True):
+                torch.testing.assert_close(g, g_ref, **REORDERED, msg=str(case))
+            if ref["queue"] is not None:
+                torch.testing.assert_close(r[case]["queue"], ref["queue"])

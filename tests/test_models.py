@@ -1,0 +1,93 @@
+"""Backbone factory and heads: shapes, feature dims, CIFAR stem, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from suite.models import MLPHead, apply_cifar_stem, build_backbone
+
+
+def test_resnet18_cifar_stem_keeps_4x4_map_at_32px_and_512_features():
+    """A CIFAR stem (3×3 stride-1 conv, no max-pool) leaves 32/8 = 4×4 at the last stage."""
+    model, dim = build_backbone("resnet18", image_size=32)
+    assert dim == 512
+    assert isinstance(model.maxpool, nn.Identity)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert model.forward_features(x).shape == (2, 512, 4, 4)
+        assert model(x).shape == (2, 512)
+
+
+def test_resnet18_imagenet_stem_above_64px_reduces_by_32():
+    """Without the CIFAR stem (image_size > 64 → automatic off) a 96 px input ends at 3×3."""
+    model, dim = build_backbone("resnet18", image_size=96)
+    assert not isinstance(model.maxpool, nn.Identity)
+    model.eval()
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 96, 96)).shape == (1, dim, 3, 3)
+
+
+def test_cifar_stem_false_keeps_the_imagenet_stem_at_32px():
+    model, _ = build_backbone("resnet18", image_size=32, cifar_stem=False)
+    assert model.conv1.kernel_size == (7, 7)
+
+
+def test_deep_stem_resnet_gets_stride_1_first_conv():
+    """resnet*t/d deep stems keep their three 3×3 convs; the first one's stride becomes 1."""
+    model, dim = build_backbone("test_resnet", image_size=16)
+    assert model.conv1[0].stride == (1, 1)
+    model.eval()
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 16, 16)).shape[-1] == 2  # 16 / 8
+        assert model(torch.randn(1, 3, 16, 16)).shape == (1, dim)
+
+
+@pytest.mark.parametrize(
+    ("name", "dim"), [("resnet50", 2048), ("resnet10t", 512), ("mobilenetv3_small_050", 1024)]
+)
+def test_feature_dim_is_the_pooled_output_width(name, dim):
+    """The returned width is what the module outputs (mobilenetv3: its 1024-d head conv)."""
+    model, got = build_backbone(name, image_size=32)
+    assert got == dim
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, dim)
+
+
+def test_unknown_backbone_names_it_and_points_at_list_models():
+    with pytest.raises(ValueError, match=r"'resnet181'.*timm\.list_models\(\)"):
+        build_backbone("resnet181", image_size=32)
+
+
+def test_backbone_without_batchnorm_is_refused():
+    with pytest.raises(ValueError, match=r"'test_vit' has no BatchNorm"):
+        build_backbone("test_vit", image_size=32)
+
+
+def test_explicit_cifar_stem_on_non_resnet_is_an_error_and_automatic_skips():
+    with pytest.raises(ValueError, match=r"cifar_stem.*test_efficientnet"):
+        build_backbone("test_efficientnet", image_size=32, cifar_stem=True)
+    model, dim = build_backbone("test_efficientnet", image_size=32)  # automatic: silently kept
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, dim)
+
+
+def test_apply_cifar_stem_keeps_the_stem_width():
+    model, _ = build_backbone("resnet18", image_size=224)
+    apply_cifar_stem(model)
+    assert (model.conv1.in_channels, model.conv1.out_channels) == (3, 64)
+
+
+def test_mlp_head_layouts():
+    """BYOL head Linear–BN1d–ReLU–Linear; MoCo v2 head Linear–ReLU–Linear; output width."""
+    byol = MLPHead(8, 16, 4)
+    moco = MLPHead(8, 8, 4, bn=False)
+    assert [type(m) for m in byol] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert [type(m) for m in moco] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert byol(torch.randn(5, 8)).shape == (5, 4)
+    assert moco(torch.randn(5, 8)).shape == (5, 4)
