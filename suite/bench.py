@@ -42,16 +42,21 @@ def bench_cell(
     backbone: str = "resnet18",
     image_size: int = 32,
     batch_size: int = 64,
-    student_bn: str = "local",
+    student_bn: str | None = None,
     teacher_bn: str | None = None,
     devices: int = 1,
     nproc: int = 1,
     precision: str = "auto",
     channels_last: bool | None = None,
 ) -> CellConfig:
-    """The cell a benchmark times (standard heads; M2T defaults to a momentum teacher)."""
-    if teacher_bn is None:
-        teacher_bn = {"m2t": "momentum", "mocov2": "shuffle"}.get(method, "local")
+    """The cell a benchmark times: standard heads; BN strategies default to the method's recipe
+    (BYOL sync/sync, M2T local/momentum, MoCo v2 local/shuffle)."""
+    if student_bn is None or teacher_bn is None:
+        from suite.methods import METHODS
+
+        default_student, default_teacher = METHODS[method].default_bn
+        student_bn = student_bn or default_student
+        teacher_bn = teacher_bn or default_teacher
     ph, pd, qh = STANDARD_HEADS[method]
     return CellConfig(
         experiment="bench",
@@ -299,12 +304,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backbone", default="resnet18", help="any timm model with BatchNorm")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64, help="global batch per view")
-    parser.add_argument("--student-bn", choices=STRATEGIES, default="local")
+    parser.add_argument(
+        "--student-bn", choices=STRATEGIES, default=None, help="default: the method's recipe"
+    )
     parser.add_argument(
         "--teacher-bn",
         choices=STRATEGIES,
         default=None,
-        help="default: momentum for m2t, shuffle for mocov2, local for byol",
+        help="default: the method's recipe (byol sync, m2t momentum, mocov2 shuffle)",
     )
     parser.add_argument("--devices", type=int, default=1, help="emulated devices (BN groups)")
     parser.add_argument("--nproc", type=int, default=1, help="processes (DDP; gloo on CPU)")

@@ -156,7 +156,8 @@ def train_cell(
     optimizer = build_optimizer(cell, method.student_parameters(), cell.batch_size)
     scheduler = build_scheduler(cell, optimizer, total_steps, steps_per_epoch)
 
-    ckpt_path = workdir / "checkpoint.pt"
+    # Each rank keeps its own file: the teacher's BN buffers (MomentumBN history) are per rank.
+    ckpt_path = workdir / ("checkpoint.pt" if dinfo.is_main else f"checkpoint.rank{dinfo.rank}.pt")
     step = 0
     state = runtime.load_checkpoint(ckpt_path)
     if state is not None:
@@ -170,17 +171,16 @@ def train_cell(
         step = int(state["step"])
 
     def save() -> None:
-        if dinfo.is_main:
-            runtime.save_atomic(
-                {
-                    "cell_id": cell.cell_id,
-                    "step": step,
-                    "method": method.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng_cpu": torch.get_rng_state(),
-                },
-                ckpt_path,
-            )
+        runtime.save_atomic(
+            {
+                "cell_id": cell.cell_id,
+                "step": step,
+                "method": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+            },
+            ckpt_path,
+        )
         if dinfo.world > 1:
             torch.distributed.barrier()
 

@@ -124,3 +124,13 @@ def test_split_channels_last_and_cumulative_momentum():
     m1 = torch.stack([c.mean(dim=(0, 2, 3)) for c in x.chunk(2)]).mean(0)
     m2 = torch.stack([c.mean(dim=(0, 2, 3)) for c in x2.chunk(2)]).mean(0)
     torch.testing.assert_close(a.running_mean, (m1 + m2) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_float64_input_is_computed_in_float64():
+    """No silent float32: float64 split BN equals float64 F.batch_norm per chunk to 1e-12."""
+    x = torch.randn(8, 3, 4, 4, dtype=torch.float64)
+    bn = SplitBatchNorm2d(3, devices=2).double()
+    ref = torch.cat([F.batch_norm(c, None, None, bn.weight, bn.bias, True) for c in x.chunk(2)])
+    y = bn(x)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)

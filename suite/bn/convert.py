@@ -81,7 +81,7 @@ def _replacement(old: _BN, strategy: str, o: BNOptions) -> _BN:
     if strategy == "momentum":
         # The step counter k of MomentumBN counts committed steps, not the old layer's forwards.
         # (The copied history is overwritten at the first commit, where β = 1.)
-        new.num_batches_tracked.zero_()
+        new.restart_schedule()
     if hasattr(old, "act") and hasattr(old, "drop"):  # timm's BatchNormAct2d: BN + drop + act
         return _NormAct(new, old.drop, old.act)
     return new

@@ -34,13 +34,19 @@ def grouped(x: Tensor, groups: int) -> Tensor:
     return x.reshape(groups, n // groups, c, -1)
 
 
+def acc_dtype(x: Tensor) -> torch.dtype:
+    """Statistics and normalisation run in float32 (float64 for float64 input, never lower)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def group_stats(x: Tensor, groups: int) -> tuple[Tensor, Tensor, int]:
-    """Per-group, per-channel mean and *biased* variance ([G, C] each, float32) and the count n."""
-    xg = grouped(x, groups)
-    if xg.dtype != torch.float32 and xg.dtype != torch.float64:
-        xg = xg.float()
-    var, mean = torch.var_mean(xg, dim=(1, 3), correction=0)
-    return mean, var, xg.shape[1] * xg.shape[3]
+    """Per-group, per-channel mean and *biased* variance ([G, C] each) and the count n."""
+    xg = grouped(x, groups).to(acc_dtype(x))
+    # Two passes (mean, then mean of centred squares): exact, and on CPU faster than
+    # torch.var_mean over these strided dimensions (measured: ~0.8× vs ~2.3× a native BN forward).
+    mean = xg.mean(dim=(1, 3), keepdim=True)
+    var = (xg - mean).square_().mean(dim=(1, 3))
+    return mean.view(var.shape), var, xg.shape[1] * xg.shape[3]
 
 
 def _pool_across_processes(
@@ -68,15 +74,16 @@ class _GroupNormalize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, rstd, groups, count, process_group):  # type: ignore[override]
-        scale = rstd if weight is None else rstd * weight.float()
-        shift = -mean * scale if bias is None else bias.float() - mean * scale
-        xg = grouped(x, groups).float()
+        acc = acc_dtype(x)
+        scale = rstd if weight is None else rstd * weight.to(acc)
+        shift = -mean * scale if bias is None else bias.to(acc) - mean * scale
+        xg = grouped(x, groups).to(acc)
         # Write into a tensor of x's shape (and memory format): the output must not be a view,
         # or in-place ops after BN (ReLU(inplace=True)) would be refused by autograd.
-        y = torch.empty_like(x, dtype=torch.float32)
+        y = torch.empty_like(x, dtype=acc)
         yg = grouped(y, groups)
         if yg.data_ptr() != y.data_ptr() or not yg._is_view():
-            y = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+            y = torch.empty(x.shape, dtype=acc, device=x.device)
             yg = grouped(y, groups)
         torch.addcmul(shift[:, None, :, None], xg, scale[:, None, :, None], out=yg)
         ctx.save_for_backward(x, weight, mean, rstd)
@@ -88,8 +95,9 @@ class _GroupNormalize(torch.autograd.Function):
     def backward(ctx, dy):  # type: ignore[override]
         x, weight, mean, rstd = ctx.saved_tensors
         g = ctx.groups
-        xg = grouped(x, g).float()
-        dyg = grouped(dy, g).float()
+        acc = acc_dtype(x)
+        xg = grouped(x, g).to(acc)
+        dyg = grouped(dy, g).to(acc)
         xhat = (xg - mean[:, None, :, None]) * rstd[:, None, :, None]
         sum_dy = dyg.sum(dim=(1, 3))  # [G, C], this process
         sum_dy_xhat = (dyg * xhat).sum(dim=(1, 3))
@@ -102,7 +110,7 @@ class _GroupNormalize(torch.autograd.Function):
                 dist.all_reduce(both, group=ctx.process_group)
                 sum_dy, sum_dy_xhat = both[0], both[1]
             n = float(ctx.count)
-            scale = rstd if weight is None else rstd * weight.float()
+            scale = rstd if weight is None else rstd * weight.to(acc)
             mean_dy = (sum_dy / n)[:, None, :, None]
             mean_dy_xhat = (sum_dy_xhat / n)[:, None, :, None]
             grad = (dyg - mean_dy - xhat * mean_dy_xhat) * scale[:, None, :, None]
@@ -130,6 +138,34 @@ def group_batch_norm(
         rstd = torch.rsqrt(var + eps)
     y = _GroupNormalize.apply(x, weight, bias, mean, rstd, groups, count, process_group)
     return y, mean, var, count
+
+
+# With gradients and up to this many groups, one native BN kernel per chunk (its forward and
+# backward) beats the grouped implementation's closed-form backward (CPU, (64, 64, 32, 32):
+# ~1.2× vs ~3× a plain BN forward+backward); beyond it the kernel launches dominate (GPU). Without
+# gradients (a teacher), the grouped forward is the faster one (~1.3× vs ~2.5×).
+PER_CHUNK_MAX_GROUPS = 8
+
+
+def chunked_batch_norm(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """``group_batch_norm`` computed with torch's native kernel on each contiguous chunk.
+
+    The chunk statistics come back from the kernel as (mean, 1/sqrt(σ² + ε)); the biased variance
+    is recovered as 1/invstd² − ε (used for running statistics only).
+    """
+    outs, means, invstds = [], [], []
+    for chunk in x.chunk(groups):
+        out, mean, invstd = torch.native_batch_norm(chunk, weight, bias, None, None, True, 0.0, eps)
+        outs.append(out)
+        means.append(mean)
+        invstds.append(invstd)
+    with torch.no_grad():
+        mean = torch.stack(means).detach()
+        var = (torch.stack(invstds).detach().double().pow(-2) - eps).clamp_min(0).to(mean.dtype)
+    count = x.numel() // (x.shape[1] * groups)
+    return torch.cat(outs), mean, var, count
 
 
 def update_running_stats(
@@ -191,7 +227,13 @@ def batch_norm_train(
             _momentum_of(bn) if track else 0.0,
             bn.eps,
         )
-    y, mean, var, count = group_batch_norm(x, bn.weight, bn.bias, groups, bn.eps, process_group)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or (bn.weight is not None and bn.weight.requires_grad)
+    )
+    if process_group is None and needs_grad and groups <= PER_CHUNK_MAX_GROUPS:
+        y, mean, var, count = chunked_batch_norm(x, bn.weight, bn.bias, groups, bn.eps)
+    else:
+        y, mean, var, count = group_batch_norm(x, bn.weight, bn.bias, groups, bn.eps, process_group)
     if track:
         for v in range(views):
             bn.num_batches_tracked.add_(1)

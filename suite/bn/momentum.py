@@ -39,7 +39,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from suite.bn.functional import batch_norm_eval, group_stats, grouped
+from suite.bn.functional import acc_dtype, batch_norm_eval, group_stats, grouped
 from suite.bn.views import ViewAware
 
 VARIANCES = ("official", "standard")
@@ -75,6 +75,11 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
         self.register_buffer("pending_mean", torch.zeros(num_features))
         self.register_buffer("pending_var", torch.zeros(num_features))
         self.register_buffer("pending_views", torch.tensor(0, dtype=torch.long))
+        # Host-side mirrors of the two counters: reading a CUDA buffer with .item() would stall
+        # the CPU until the GPU catches up, several times per layer per step. The buffers stay
+        # the truth for state_dict; _load_from_state_dict refreshes the mirrors.
+        self._k = 0
+        self._pending = 0
 
     def extra_repr(self) -> str:
         return (
@@ -86,7 +91,21 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
     @property
     def step(self) -> int:
         """Completed steps k (history commits)."""
-        return int(self.num_batches_tracked.item())
+        return self._k
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._k = int(self.num_batches_tracked.item())
+        self._pending = int(self.pending_views.item())
+
+    def restart_schedule(self) -> None:
+        """k = 0 and no pending views (after copying another layer's buffers)."""
+        with torch.no_grad():
+            self.num_batches_tracked.zero_()
+            self.pending_views.zero_()
+            self.pending_mean.zero_()
+            self.pending_var.zero_()
+        self._k = self._pending = 0
 
     @property
     def batch_weight(self) -> float:
@@ -99,7 +118,7 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
         if not self.training:
             return batch_norm_eval(self, x)
         views, devices = self.views, self.devices
-        pending = int(self.pending_views.item())
+        pending = self._pending
         if pending + views > self.views_per_step:
             raise ValueError(
                 f"MomentumBatchNorm: {views} view(s) in this forward after {pending} pending would "
@@ -116,14 +135,17 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
             else:
                 var_norm = var_biased
                 var_hist = var_biased * bessel
-            mu = beta * mean + (1.0 - beta) * self.running_mean.float()
-            sigma2 = beta * var_norm + (1.0 - beta) * self.running_var.float()
+            acc = acc_dtype(x)
+            mu = beta * mean + (1.0 - beta) * self.running_mean.to(acc)
+            sigma2 = beta * var_norm + (1.0 - beta) * self.running_var.to(acc)
             scale = torch.rsqrt(sigma2 + self.eps)  # [G, C]
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
+        w = self.weight.to(acc) if self.weight is not None else None
+        b = self.bias.to(acc) if self.bias is not None else None
         scale_w = scale if w is None else scale * w
         shift = -mu * scale_w if b is None else b - mu * scale_w
-        y = grouped(x, groups).float() * scale_w[:, None, :, None] + shift[:, None, :, None]
+        y = torch.addcmul(
+            shift[:, None, :, None], grouped(x, groups).to(acc), scale_w[:, None, :, None]
+        )
         self._accumulate(mean, var_hist, views, devices, beta)
         return y.reshape(x.shape).to(x.dtype)
 
@@ -134,7 +156,8 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
         self.pending_mean.add_(mean.view(views, devices, -1).mean(1).sum(0))
         self.pending_var.add_(var.view(views, devices, -1).mean(1).sum(0))
         self.pending_views.add_(views)
-        if int(self.pending_views.item()) == self.views_per_step:
+        self._pending += views
+        if self._pending == self.views_per_step:
             count = float(self.views_per_step)
             self.running_mean.mul_(1.0 - beta).add_(self.pending_mean / count, alpha=beta)
             self.running_var.mul_(1.0 - beta).add_(self.pending_var / count, alpha=beta)
@@ -142,6 +165,8 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
             self.pending_mean.zero_()
             self.pending_var.zero_()
             self.pending_views.zero_()
+            self._k += 1
+            self._pending = 0
 
 
 class MomentumBatchNorm1d(_MomentumBatchNorm):
