@@ -16,7 +16,6 @@ per view: the real cross-process cost of SyncBN against MomentumBN.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -296,45 +295,6 @@ def run_bench(
     return result
 
 
-def add_arguments(parser) -> None:
-    """The flags of ``bnsuite bench`` (argparse)."""
-    from suite.cell import METHODS, PRECISIONS, STRATEGIES
-
-    parser.add_argument("--method", choices=METHODS, default="byol")
-    parser.add_argument("--backbone", default="resnet18", help="any timm model with BatchNorm")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=64, help="global batch per view")
-    parser.add_argument(
-        "--student-bn", choices=STRATEGIES, default=None, help="default: the method's recipe"
-    )
-    parser.add_argument(
-        "--teacher-bn",
-        choices=STRATEGIES,
-        default=None,
-        help="default: the method's recipe (byol sync, m2t momentum, mocov2 shuffle)",
-    )
-    parser.add_argument("--devices", type=int, default=1, help="emulated devices (BN groups)")
-    parser.add_argument("--nproc", type=int, default=1, help="processes (DDP; gloo on CPU)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--device", choices=runtime.DEVICES, default="auto")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument(
-        "--reference", action="store_true", help="also time a supervised step on the same 2B images"
-    )
-    parser.add_argument(
-        "--data",
-        type=int,
-        default=0,
-        metavar="BATCHES",
-        help="also time the data path alone over this many batches",
-    )
-    parser.add_argument("--dataset", default="synthetic", help="dataset for --data")
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
 def main(args) -> int:
     """``bnsuite bench``: exit 2 on a bad combination, before anything is built."""
     import sys
@@ -346,10 +306,9 @@ def main(args) -> int:
         )
     if args.devices % args.nproc:
         problems.append(f"--devices {args.devices} is not a multiple of --nproc {args.nproc}")
-    if args.student_bn == "momentum":
+    if args.student_bn in ("momentum", "shuffle"):
         problems.append(
-            "--student-bn momentum: MomentumBN is for the teacher only; "
-            "choose from local, sync, shuffle"
+            f"--student-bn {args.student_bn}: a teacher-only strategy; choose from local, sync"
         )
     if args.steps < 1 or args.warmup < 0:
         problems.append("--steps must be >= 1 and --warmup >= 0")
@@ -369,7 +328,11 @@ def main(args) -> int:
         args.precision,
         args.channels_last,
     )
-    cell = replace(cell, data=replace(cell.data, name=args.dataset, root=args.data_root))
+    cell = replace(
+        cell,
+        data=replace(cell.data, name=args.dataset, root=args.data_root),
+        method=replace(cell.method, cifar_stem=args.cifar_stem),
+    )
     result = run_bench(
         cell,
         device=args.device,

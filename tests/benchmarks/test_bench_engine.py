@@ -13,6 +13,7 @@ Ratios are read from the group's table (the medians of one run).
 """
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -27,8 +28,10 @@ BATCH = 64
 
 def _views(size):
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(BATCH, 3, size, size, generator=g),
-            torch.randn(BATCH, 3, size, size, generator=g))
+    return (
+        torch.randn(BATCH, 3, size, size, generator=g),
+        torch.randn(BATCH, 3, size, size, generator=g),
+    )
 
 
 def _suite_step(cell):
@@ -97,8 +100,7 @@ def _supervised_step(size):
 
 def _cell(method, size, teacher_bn=None):
     cell = bench_cell(method, "resnet18", size, BATCH, "local", teacher_bn, 1)
-    return cell.replace(method=cell.method.__class__(
-        **{**cell.method.__dict__, "cifar_stem": False}))
+    return cell.replace(method=dataclasses.replace(cell.method, cifar_stem=False))
 
 
 @pytest.mark.parametrize("size", SIZES)

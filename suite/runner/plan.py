@@ -1,0 +1,156 @@
+"""The plan of an experiment: its cells (in expanded order), their ids, the axes that vary across
+the matrix, and which cells the tracking store already holds a FINISHED run for.
+
+``bnsuite plan`` prints it; ``bnsuite run`` trains its pending cells. A cell is *done* when the
+store has at least one FINISHED run tagged with its id, and *pending* otherwise; for a pending
+cell the status of its latest run (FAILED, KILLED, RUNNING) is shown beside it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from suite.runner.progress import format_table, percent, rate
+from suite.runner.shard import Shard
+
+if TYPE_CHECKING:
+    from suite.cell import CellConfig
+    from suite.config import Experiment
+
+HIDDEN_FIELDS = ("experiment",)
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """One cell of the plan. ``position``: its 0-based index in the expanded order."""
+
+    position: int
+    cell: CellConfig
+    axes: dict[str, Any]
+    done: bool
+    last_status: str | None = None  # status of the latest run when not FINISHED
+    metrics: dict[str, float] = field(default_factory=dict)  # of the FINISHED run, when done
+
+    @property
+    def cell_id(self) -> str:
+        return self.cell.cell_id
+
+    @property
+    def label(self) -> str:
+        """``seed=0, student_bn=local``: the values of the varying fields."""
+        return ", ".join(f"{k}={v}" for k, v in self.axes.items())
+
+    @property
+    def state(self) -> str:
+        if self.done:
+            return "done"
+        return f"pending (last run {self.last_status})" if self.last_status else "pending"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The cells of one experiment file (this shard's only), and where they are tracked."""
+
+    experiment: Experiment
+    tracking_uri: str
+    shard: Shard
+    fields: tuple[str, ...]  # varying fields across the whole matrix (the axes columns)
+    total: int  # cells in the whole matrix
+    cells: tuple[PlannedCell, ...]
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+    @property
+    def pending(self) -> list[PlannedCell]:
+        return [c for c in self.cells if not c.done]
+
+
+def varying_fields(cells: list[CellConfig]) -> list[str]:
+    """The flat (dotted, MLflow-param) fields whose value differs between at least two cells."""
+    flats = [c.flat() for c in cells]
+    if len(flats) < 2:
+        return []
+    return [
+        key
+        for key in flats[0]
+        if key not in HIDDEN_FIELDS and any(f.get(key) != flats[0][key] for f in flats[1:])
+    ]
+
+
+def cell_folder(workdir: Path | str, experiment: str, cell_id: str) -> Path:
+    """``<workdir>/<experiment>/<cell_id>``: the cell's stable checkpoint and log folder (the
+    experiment name with characters other than letters, digits, ``.``, ``-``, ``_`` replaced)."""
+    safe = re.sub(r"[^\w.-]+", "_", experiment).strip("._") or "experiment"
+    return Path(workdir) / safe / cell_id
+
+
+def build_plan(experiment: Experiment, tracking_uri: str, shard: Shard | None = None) -> Plan:
+    """Read the store (without creating anything in it) and mark this shard's cells done/pending."""
+    from suite.tracking import read_runs
+
+    shard = shard or Shard()
+    all_cells = experiment.cells()
+    fields = varying_fields(all_cells)
+    finished: dict[str, dict[str, Any]] = {}
+    latest: dict[str, dict[str, Any]] = {}
+    for row in read_runs(tracking_uri, experiment.name, status=None):  # oldest first
+        cid = row["cell_id"]
+        if not cid:
+            continue
+        latest[cid] = row
+        if row["status"] == "FINISHED":
+            finished[cid] = row
+    planned = []
+    for position, cell in shard.select(all_cells):
+        flat = cell.flat()
+        cid = cell.cell_id
+        last = latest.get(cid)
+        planned.append(
+            PlannedCell(
+                position=position,
+                cell=cell,
+                axes={k: flat[k] for k in fields},
+                done=cid in finished,
+                last_status=last["status"] if last and cid not in finished else None,
+                metrics=dict(finished[cid]["metrics"]) if cid in finished else {},
+            )
+        )
+    return Plan(experiment, tracking_uri, shard, tuple(fields), len(all_cells), tuple(planned))
+
+
+def render_plan(plan: Plan, running: set[str] | None = None) -> str:
+    """The text of ``bnsuite plan``: a header, then one row per cell (``#`` = position)."""
+    running = running or set()
+    done = sum(c.done for c in plan.cells)
+    scope = (
+        f"{len(plan.cells)} cells"
+        if plan.shard.count == 1
+        else (f"shard {plan.shard}: {len(plan.cells)} of {plan.total} cells")
+    )
+    head = [
+        f"experiment {plan.name!r} ({plan.experiment.path}): {scope}, {done} done, "
+        f"{len(plan.cells) - done} pending",
+        f"tracking: {plan.tracking_uri}",
+        "",
+    ]
+    headers = ["#", "cell_id", *plan.fields, "status", "kNN top-1 %", "linear top-1 %", "img/s"]
+    rows = []
+    for c in plan.cells:
+        state = "running (locked)" if c.cell_id in running and not c.done else c.state
+        rows.append(
+            [
+                c.position,
+                c.cell_id,
+                *c.axes.values(),
+                state,
+                percent(c.metrics.get("knn/top1")),
+                percent(c.metrics.get("linear/top1")),
+                rate(c.metrics.get("images_per_s")),
+            ]
+        )
+    return "\n".join(head) + format_table(headers, rows)

@@ -1,0 +1,217 @@
+"""``bnsuite run``: check everything that can be checked, then train the pending cells one by one.
+
+Order (every check before any training)::
+
+    load_plan     experiment file → ConfigError; tracking URI → TrackingError; the store's
+                  FINISHED runs → which cells of this shard are pending
+    prepare       each distinct dataset of the pending cells → DataError; the device (and GPUs
+                  for multi-process cells) → PreflightError; the MLflow experiment → TrackingError
+    run_plan      per pending cell: lock, start run, child process, record (suite.runner.execute)
+
+A failed cell does not stop the matrix; :attr:`RunReport.exit_code` is 1 when any cell failed.
+Resuming is the same command again: FINISHED cells are skipped, an interrupted cell restarts from
+``<workdir>/<experiment>/<cell_id>/checkpoint.pt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from suite.runner.execute import BUSY, SKIPPED, CellOutcome, train_and_record
+from suite.runner.plan import Plan, build_plan
+from suite.runner.progress import ProgressView, format_table, percent, rate
+from suite.runner.shard import Shard
+
+if TYPE_CHECKING:
+    from suite.tracking import Tracker
+
+DEFAULT_WORKDIR = "runs"
+
+
+class PreflightError(ValueError):
+    """A problem found before training (device, GPUs): the message names it and the choices."""
+
+
+def load_plan(
+    path: str | Path,
+    *,
+    tracking_uri: str | None = None,
+    data_root: str | None = None,
+    shard: Shard | None = None,
+) -> Plan:
+    """Validate the experiment file, resolve and check the tracking store, read what is done."""
+    from suite.config import load_experiment
+    from suite.tracking import check_tracking, resolve_tracking_uri
+
+    experiment = load_experiment(path, data_root=data_root)
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking(uri)
+    return build_plan(experiment, uri, shard)
+
+
+def check_device(device: str, nproc: int) -> None:
+    """``device`` resolves on this machine; multi-process CUDA cells have that many GPUs."""
+    import torch
+
+    from suite import runtime
+
+    try:
+        resolved = runtime.resolve_device(device)
+    except ValueError as exc:
+        raise PreflightError(f"--device: {exc}") from None
+    if resolved.type == "cuda" and nproc > torch.cuda.device_count():
+        raise PreflightError(
+            f"nproc: a cell asks for {nproc} processes on CUDA but this machine has "
+            f"{torch.cuda.device_count()} GPU(s); lower nproc or use --device cpu"
+        )
+
+
+def prepare(plan: Plan, device: str) -> Tracker | None:
+    """The checks of the module docstring; the tracker, or None when nothing is pending."""
+    from suite.data import check_dataset
+    from suite.tracking import Tracker
+
+    pending = plan.pending
+    if not pending:
+        return None
+    for name, root in dict.fromkeys((c.cell.data.name, c.cell.data.root) for c in pending):
+        check_dataset(name, root)
+    check_device(device, max(c.cell.nproc for c in pending))
+    return Tracker(plan.tracking_uri, plan.name)
+
+
+@dataclass
+class RunReport:
+    """Every cell of the shard: done before, trained now (FINISHED/FAILED), busy, skipped."""
+
+    plan: Plan
+    outcomes: list[CellOutcome]
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [o for o in self.outcomes if o.status == "FAILED"]
+
+    @property
+    def busy(self) -> list[CellOutcome]:
+        return [o for o in self.outcomes if o.status == BUSY]
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.failed else 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler cancelling the job) raises KeyboardInterrupt, so the running cell is
+    stopped and recorded KILLED; the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_plan(
+    plan: Plan,
+    tracker: Tracker | None,
+    *,
+    workdir: str | Path = DEFAULT_WORKDIR,
+    device: str = "auto",
+    view: ProgressView | None = None,
+) -> RunReport:
+    """Train the plan's pending cells in order, each in its own process (module docstring)."""
+    view = view or ProgressView()
+    workdir = Path(workdir).resolve()
+    outcomes = [CellOutcome(c, "done", metrics=c.metrics) for c in plan.cells if c.done]
+    pending = plan.pending
+    report = RunReport(plan, outcomes)
+    if tracker is None:
+        return report
+    with _sigterm_as_interrupt():
+        for n, planned in enumerate(pending, 1):
+            view.start(f"[{n}/{len(pending)}] {planned.cell_id}")
+            axes = f" ({planned.label})" if planned.label else ""
+            view.message(f"[{n}/{len(pending)}] cell {planned.cell_id}{axes}: start")
+            try:
+                outcome = train_and_record(
+                    planned, tracker, workdir=workdir, device=device, view=view
+                )
+            except KeyboardInterrupt:
+                view.message(f"[{n}/{len(pending)}] cell {planned.cell_id}: interrupted")
+                outcomes.append(CellOutcome(planned, "KILLED", "interrupted by the user"))
+                report.interrupted = True
+                break
+            outcomes.append(outcome)
+            view.message(f"[{n}/{len(pending)}] cell {planned.cell_id}: {_verdict(outcome)}")
+    outcomes.sort(key=lambda o: o.planned.position)
+    return report
+
+
+def _verdict(outcome: CellOutcome) -> str:
+    if outcome.status == "FINISHED":
+        m = outcome.metrics
+        return (
+            f"FINISHED (kNN top-1 {percent(m.get('knn/top1'))} %, linear top-1 "
+            f"{percent(m.get('linear/top1'))} %, {rate(m.get('images_per_s'))} img/s)"
+        )
+    first = (outcome.reason or "").splitlines()[0] if outcome.reason else ""
+    return f"{outcome.status}: {first}" if first else outcome.status
+
+
+def render_summary(report: RunReport) -> str:
+    """The final table (cell, axes, kNN top-1, linear top-1, img/s, status) and the totals."""
+    plan = report.plan
+    headers = ["#", "cell_id", *plan.fields, "kNN top-1 %", "linear top-1 %", "img/s", "status"]
+    rows = []
+    for o in report.outcomes:
+        m = o.metrics
+        status = {
+            "done": "done (skipped)",
+            BUSY: "busy (other runner)",
+            SKIPPED: "done (other runner)",
+        }
+        rows.append(
+            [
+                o.planned.position,
+                o.planned.cell_id,
+                *o.planned.axes.values(),
+                percent(m.get("knn/top1")),
+                percent(m.get("linear/top1")),
+                rate(m.get("images_per_s")),
+                status.get(o.status, o.status),
+            ]
+        )
+    counts: dict[str, int] = {}
+    for o in report.outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    totals = ", ".join(f"{v} {k}" for k, v in counts.items())
+    scope = "" if plan.shard.count == 1 else f" (shard {plan.shard})"
+    return f"experiment {plan.name!r}{scope}: {totals}\n" + format_table(headers, rows)
+
+
+def render_failures(report: RunReport) -> str:
+    """One block per failed cell: id, axes, the reason (all lines), the log file."""
+    lines = [f"{len(report.failed)} cell(s) failed:"]
+    for o in report.failed:
+        axes = f" ({o.planned.label})" if o.planned.label else ""
+        lines.append(f"  cell {o.planned.cell_id}{axes}: {o.reason}")
+        if o.log is not None:
+            lines.append(f"    log: {o.log}")
+    return "\n".join(lines)
