@@ -178,19 +178,11 @@ def time_data_path(
     cell: CellConfig, device: torch.device, batches: int, root: str | None = None
 ) -> dict[str, float]:
     """Two-view batches per second from ``cell``'s dataset, with nothing else running."""
-    from suite.data import build_data
+    from suite.train import build_cell_data
 
-    data = build_data(
-        cell.data.name,
-        root=root or cell.data.root,
-        image_size=cell.data.image_size,
-        aug="mocov2" if cell.method.name == "mocov2" else "byol",
-        batch_size=cell.batch_size,
-        device=device,
-        num_workers=cell.data.num_workers,
-        seed=cell.seed,
-        blur=cell.data.blur,
-    )
+    if root is not None:
+        cell = replace(cell, data=replace(cell.data, root=root))
+    data = build_cell_data(cell, device)
     it = iter(data.ssl_epoch(0))
     next(it)  # start-up (workers, first batch) is not the steady state
     _sync(device)

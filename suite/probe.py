@@ -17,23 +17,19 @@ from suite.cell import CellConfig
 
 
 def _features(encoder: nn.Module, data, device, channels_last: bool, dtype, batch_size: int):
+    """Cached (features, labels) of the train and test splits, without augmentation."""
     from suite.eval import extract_features
 
-    train = extract_features(
-        encoder,
-        data.eval_batches("train", batch_size),
-        device=device,
-        channels_last=channels_last,
-        autocast_dtype=dtype,
+    return tuple(
+        extract_features(
+            encoder,
+            data.eval_batches(split, batch_size),
+            device=device,
+            channels_last=channels_last,
+            autocast_dtype=dtype,
+        )
+        for split in ("train", "test")
     )
-    test = extract_features(
-        encoder,
-        data.eval_batches("test", batch_size),
-        device=device,
-        channels_last=channels_last,
-        autocast_dtype=dtype,
-    )
-    return train, test
 
 
 def probe_features(cell: CellConfig, train, test, num_classes: int, suffix: str = "") -> dict:

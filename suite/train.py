@@ -98,6 +98,23 @@ def _world_slice(v: torch.Tensor, d: runtime.Dist) -> torch.Tensor:
     return v[d.rank * n : (d.rank + 1) * n]
 
 
+def build_cell_data(cell: CellConfig, device: torch.device):
+    """The cell's dataset with its method's two-view augmentation (checks the data first)."""
+    from suite.data import build_data
+
+    return build_data(
+        cell.data.name,
+        root=cell.data.root,
+        image_size=cell.data.image_size,
+        aug="mocov2" if cell.method.name == "mocov2" else "byol",
+        batch_size=cell.batch_size,
+        device=device,
+        num_workers=cell.data.num_workers,
+        seed=cell.seed,
+        blur=cell.data.blur,
+    )
+
+
 def train_cell(
     cell: CellConfig,
     *,
@@ -113,7 +130,6 @@ def train_cell(
     ``stop_at_step`` interrupts after that many steps (as a crash would, checkpoint included);
     ``log_metrics(metrics, step)`` receives the loss and schedules every ``cell.log_every`` steps.
     """
-    from suite.data import build_data
     from suite.methods import build_method
 
     dev = runtime.resolve_device(device)
@@ -128,17 +144,7 @@ def train_cell(
     workdir = Path(workdir)
     start_time = time.perf_counter()
     runtime.seed_everything(cell.seed)
-    data = build_data(
-        cell.data.name,
-        root=cell.data.root,
-        image_size=cell.data.image_size,
-        aug="mocov2" if cell.method.name == "mocov2" else "byol",
-        batch_size=cell.batch_size,
-        device=dev,
-        num_workers=cell.data.num_workers,
-        seed=cell.seed,
-        blur=cell.data.blur,
-    )
+    data = build_cell_data(cell, dev)
     steps_per_epoch = data.steps_per_epoch
     total_steps = cell.epochs * steps_per_epoch
     run_steps = min(total_steps, cell.max_steps) if cell.max_steps else total_steps

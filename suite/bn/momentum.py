@@ -39,6 +39,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from suite.bn.dims import OneD, TwoD
 from suite.bn.functional import acc_dtype, batch_norm_eval, group_stats, grouped
 from suite.bn.views import ViewAware
 
@@ -169,17 +170,9 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
             self._pending = 0
 
 
-class MomentumBatchNorm1d(_MomentumBatchNorm):
+class MomentumBatchNorm1d(OneD, _MomentumBatchNorm):
     """MomentumBN for [N, C] or [N, C, L] input (the projector's BN)."""
 
-    def _check_input_dim(self, x: Tensor) -> None:
-        if x.dim() not in (2, 3):
-            raise ValueError(f"expected 2D or 3D input (got {x.dim()}D input)")
 
-
-class MomentumBatchNorm2d(_MomentumBatchNorm):
+class MomentumBatchNorm2d(TwoD, _MomentumBatchNorm):
     """MomentumBN for [N, C, H, W] input."""
-
-    def _check_input_dim(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f"expected 4D input (got {x.dim()}D input)")

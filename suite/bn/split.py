@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from suite.bn.dims import OneD, TwoD
 from suite.bn.functional import batch_norm_eval, batch_norm_train
 from suite.bn.views import ViewAware
 
@@ -46,17 +47,9 @@ class _SplitBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
         return batch_norm_train(self, x, self.devices, self.views)
 
 
-class SplitBatchNorm1d(_SplitBatchNorm):
+class SplitBatchNorm1d(OneD, _SplitBatchNorm):
     """Per-device BatchNorm1d over ``devices`` contiguous chunks ([N, C] or [N, C, L] input)."""
 
-    def _check_input_dim(self, x: Tensor) -> None:
-        if x.dim() not in (2, 3):
-            raise ValueError(f"expected 2D or 3D input (got {x.dim()}D input)")
 
-
-class SplitBatchNorm2d(_SplitBatchNorm):
+class SplitBatchNorm2d(TwoD, _SplitBatchNorm):
     """Per-device BatchNorm2d over ``devices`` contiguous chunks of the batch ([N, C, H, W])."""
-
-    def _check_input_dim(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f"expected 4D input (got {x.dim()}D input)")

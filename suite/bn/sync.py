@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from suite.bn.dims import OneD, TwoD
 from suite.bn.functional import batch_norm_eval, batch_norm_train
 from suite.bn.views import ViewAware
 
@@ -88,17 +89,9 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
         )
 
 
-class SyncBatchNorm1d(SyncBatchNorm):
+class SyncBatchNorm1d(OneD, SyncBatchNorm):
     """Cross-process BatchNorm for [N, C] or [N, C, L] input."""
 
-    def _check_input_dim(self, x: Tensor) -> None:
-        if x.dim() not in (2, 3):
-            raise ValueError(f"expected 2D or 3D input (got {x.dim()}D input)")
 
-
-class SyncBatchNorm2d(SyncBatchNorm):
+class SyncBatchNorm2d(TwoD, SyncBatchNorm):
     """Cross-process BatchNorm for [N, C, H, W] input."""
-
-    def _check_input_dim(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f"expected 4D input (got {x.dim()}D input)")
