@@ -46,10 +46,15 @@ def cpu_model() -> str:
 
 
 def device_name() -> str:
-    """The CUDA device this process would use, else the CPU model."""
+    """The CUDA device this process uses, else the CPU model.
+
+    CUDA is asked only where this process already initialised it: naming a device would otherwise
+    create a CUDA context (hundreds of MB on GPU 0) in a process that never trains, such as the
+    runner, whose cells report their own device.
+    """
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.get_device_name(torch.cuda.current_device())
     return cpu_model()
 
