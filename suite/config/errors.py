@@ -7,7 +7,7 @@ Every problem is one line ``<file>: <field.path>: <bad value> <what is wrong>; c
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 
 class ConfigError(ValueError):
@@ -34,10 +34,11 @@ def choose_from(choices: Iterable[str]) -> str:
     return "choose from " + ", ".join(str(c) for c in choices)
 
 
-def show(value: object) -> str:
-    """A value as it appears in messages: ``repr`` for scalars, a compact flow form for lists."""
+def show(value: object, leaf: Callable[[object], str] = repr) -> str:
+    """A value as it appears in messages: ``leaf`` (``repr``) for scalars, a compact flow form
+    for lists and mappings."""
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(show(v) for v in value) + "]"
+        return "[" + ", ".join(show(v, leaf) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
-    return repr(value)
+        return "{" + ", ".join(f"{k}: {show(v, leaf)}" for k, v in value.items()) + "}"
+    return leaf(value)

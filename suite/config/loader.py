@@ -156,14 +156,7 @@ def _top_scalar(
 def _describe(axes: dict[str, Any]) -> str:
     """``bn=[local, sync], seed=1``: the values that name a cell, as written."""
 
-    def plain(v: Any) -> str:
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(plain(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k}: {plain(x)}" for k, x in v.items()) + "}"
-        return str(v)
-
-    return ", ".join(f"{k}={plain(v)}" for k, v in axes.items())
+    return ", ".join(f"{k}={show(v, str)}" for k, v in axes.items())
 
 
 def _ranges(indices: list[int]) -> str:
