@@ -90,16 +90,10 @@ def build_scheduler(cell: CellConfig, optimizer, total_steps: int, steps_per_epo
     )
 
 
-def _world_slice(v: torch.Tensor, d: runtime.Dist) -> torch.Tensor:
-    """This rank's share of a global batch (contiguous, as DDP ranks hold them)."""
-    if d.world == 1:
-        return v
-    n = v.shape[0] // d.world
-    return v[d.rank * n : (d.rank + 1) * n]
-
-
-def build_cell_data(cell: CellConfig, device: torch.device):
-    """The cell's dataset with its method's two-view augmentation (checks the data first)."""
+def build_cell_data(cell: CellConfig, device: torch.device, dinfo: runtime.Dist | None = None):
+    """The cell's dataset with its method's two-view augmentation (checks the data first); under
+    DDP, each process gets its own part of every global batch."""
+    dinfo = dinfo or runtime.Dist()
     from suite.data import build_data
 
     return build_data(
@@ -112,6 +106,8 @@ def build_cell_data(cell: CellConfig, device: torch.device):
         num_workers=cell.data.num_workers,
         seed=cell.seed,
         blur=cell.data.blur,
+        rank=dinfo.rank,
+        world=dinfo.world,
     )
 
 
@@ -144,7 +140,7 @@ def train_cell(
     workdir = Path(workdir)
     start_time = time.perf_counter()
     runtime.seed_everything(cell.seed)
-    data = build_cell_data(cell, dev)
+    data = build_cell_data(cell, dev, dinfo)
     steps_per_epoch = data.steps_per_epoch
     total_steps = cell.epochs * steps_per_epoch
     run_steps = min(total_steps, cell.max_steps) if cell.max_steps else total_steps
@@ -202,7 +198,6 @@ def train_cell(
         t_wait = time.perf_counter()
         for view1, view2 in batches:
             t_got = time.perf_counter()
-            view1, view2 = _world_slice(view1, dinfo), _world_slice(view2, dinfo)
             if channels_last:
                 view1 = view1.contiguous(memory_format=torch.channels_last)
                 view2 = view2.contiguous(memory_format=torch.channels_last)

@@ -404,3 +404,30 @@ def test_bad_arguments_name_the_field_and_value():
         bundle.eval_batches("val", 4)
     with pytest.raises(ValueError, match="start: must be in"):
         bundle.ssl_epoch(0, start=99)
+
+
+def test_each_process_part_equals_those_rows_of_the_whole_batch(tmp_path):
+    """DDP: ranks 0 and 1 of 2 load and augment only their half of each global batch, and the
+    halves side by side equal the whole batch augmented in one process (memory, memmap, files)."""
+    write_stl(tmp_path / "stl")
+    write_tree(tmp_path / "tree")
+    cases = (
+        ("synthetic", None, 8),
+        ("stl10", tmp_path / "stl", 2),
+        ("folder", tmp_path / "tree", 2),
+    )
+    for name, root, batch in cases:
+        whole = list(build(name, root, batch_size=batch).ssl_epoch(1))
+        parts = [
+            list(build(name, root, batch_size=batch, rank=r, world=2).ssl_epoch(1)) for r in (0, 1)
+        ]
+        assert len(whole) == len(parts[0]) == len(parts[1])
+        for (w1, w2), (a1, a2), (b1, b2) in zip(whole, *parts, strict=True):
+            assert a1.shape[0] == batch // 2
+            torch.testing.assert_close(torch.cat([a1, b1]), w1, rtol=0, atol=1e-6)
+            torch.testing.assert_close(torch.cat([a2, b2]), w2, rtol=0, atol=1e-6)
+
+
+def test_a_batch_that_processes_cannot_share_is_an_error():
+    with pytest.raises(ValueError, match="batch_size must be a multiple of the process count"):
+        build("synthetic", None, batch_size=9, rank=0, world=2)

@@ -24,7 +24,7 @@ Implementation choices (each is checked against torchvision per sample in tests/
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -79,6 +79,22 @@ class PhotoParams:
     blur: Tensor  # bool
     sigma: Tensor  # blur σ
     solarize: Tensor  # bool
+
+    def select(self, rows: slice) -> PhotoParams:
+        """The parameters of rows ``rows`` only."""
+        return PhotoParams(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+
+Part = tuple[int, int]  # (rank, world): this process holds one contiguous part of a batch
+WHOLE: Part = (0, 1)
+
+
+def _rows(local: int, part: Part) -> tuple[slice, int]:
+    """The rows of part ``(rank, world)`` of a batch whose parts hold ``local`` rows each."""
+    rank, world = part
+    if not 0 <= rank < world:
+        raise ValueError(f"part: rank {rank} is not in [0, {world})")
+    return slice(rank * local, (rank + 1) * local), local * world
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> Tensor:
@@ -183,16 +199,22 @@ class TwoViewAugment:
         return f"TwoViewAugment({self.kind!r}, image_size={self.image_size}, blur={self.blur})"
 
     def crop_only(
-        self, images: Tensor, generator: torch.Generator | None = None
+        self, images: Tensor, generator: torch.Generator | None = None, part: Part = WHOLE
     ) -> tuple[Tensor, Tensor]:
-        """RandomResizedCrop + flip of each view: float ``[0, 1]`` batches ``[B, 3, S, S]``."""
+        """RandomResizedCrop + flip of each view: float ``[0, 1]`` batches ``[B, 3, S, S]``.
+
+        ``part=(rank, world)``: ``images`` are rows [rank·b, (rank+1)·b) of a batch of world·b;
+        parameters are drawn for the whole batch and this part's rows applied, so the parts of
+        all ranks together equal the whole batch augmented in one process.
+        """
         _check_generator(generator)
         x = ops.to_float01(_as_rgb(images))
         b, _, h, w = x.shape
+        rows, total = _rows(b, part)
         views = []
         for spec in self.specs:
-            boxes = ops.sample_crop_boxes(b, h, w, spec.scale, spec.ratio, generator)
-            flip = torch.rand(b, generator=generator) < spec.flip_p
+            boxes = ops.sample_crop_boxes(total, h, w, spec.scale, spec.ratio, generator)[rows]
+            flip = (torch.rand(total, generator=generator) < spec.flip_p)[rows]
             views.append(ops.resized_crop(x, boxes, self.image_size, flip))
         return views[0], views[1]
 
@@ -221,25 +243,32 @@ class TwoViewAugment:
         return out[0], out[1]
 
     def photometric(
-        self, view1: Tensor, view2: Tensor, generator: torch.Generator | None = None
+        self,
+        view1: Tensor,
+        view2: Tensor,
+        generator: torch.Generator | None = None,
+        part: Part = WHOLE,
     ) -> tuple[Tensor, Tensor]:
-        """Jitter, grayscale, blur, solarize and normalise two cropped batches (uint8 or float)."""
+        """Jitter, grayscale, blur, solarize and normalise two cropped batches (uint8 or float);
+        ``part`` as in :meth:`crop_only`."""
         _check_generator(generator)
+        rows, total = _rows(view1.shape[0], part)
         out = []
         for spec, view in zip(self.specs, (view1, view2), strict=True):
             x = ops.to_float01(_as_rgb(view))
             if x.data_ptr() == view.data_ptr():
                 x = x.clone()  # the ops below work in place
-            params = sample_photo_params(spec, x.shape[0], generator)
+            params = sample_photo_params(spec, total, generator).select(rows)
             x = apply_photometric(x, spec, params, self.blur_kernel)
             out.append(ops.normalize(x, self.mean, self.std))
         return out[0], out[1]
 
     def __call__(
-        self, images: Tensor, generator: torch.Generator | None = None
+        self, images: Tensor, generator: torch.Generator | None = None, part: Part = WHOLE
     ) -> tuple[Tensor, Tensor]:
-        """Two views ``(v1, v2)``, float32 normalised ``[B, 3, S, S]`` on ``images``' device."""
-        return self.photometric(*self.crop_only(images, generator), generator)
+        """Two views ``(v1, v2)``, float32 normalised ``[B, 3, S, S]`` on ``images``' device;
+        ``part`` as in :meth:`crop_only`."""
+        return self.photometric(*self.crop_only(images, generator, part), generator, part)
 
 
 class EvalTransform:

@@ -70,8 +70,16 @@ class DataBundle:
         device: torch.device,
         num_workers: int,
         seed: int,
+        part: tuple[int, int] = (0, 1),
     ) -> None:
         self.info, self.name = info, info.name
+        rank, world = part
+        if world < 1 or not 0 <= rank < world or batch_size % world:
+            raise ValueError(
+                f"part: rank {rank} of {world} processes cannot share batch_size={batch_size} "
+                "equally (batch_size must be a multiple of the process count)"
+            )
+        self.part, self.local_batch = part, batch_size // world
         self.augment, self.eval_transform = augment, eval_transform
         self.image_size = augment.image_size
         self.batch_size, self.device = batch_size, device
@@ -109,7 +117,7 @@ class DataBundle:
         if isinstance(self._splits, MemmapSplits):
             return _loader(MemmapBatches(self._splits.ssl), self._ssl_sampler, None, d, w, True)
         crops = FileCrops(self._splits.ssl, self.augment, self.seed)
-        return _loader(crops, self._ssl_sampler, self.batch_size, d, w, True, drop_last=True)
+        return _loader(crops, self._ssl_sampler, self.local_batch, d, w, True, drop_last=True)
 
     def __repr__(self) -> str:
         return (
@@ -128,14 +136,18 @@ class DataBundle:
         return part.labels if isinstance(self._splits, FileSplits) else part[1]
 
     def _order(self, epoch: int, start: int) -> Tensor:
+        """Sample indices ``[steps − start, local batch]``: this process's part of each batch."""
         g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
         perm = torch.randperm(self.num_ssl_samples, generator=g)
         steps, b = self.steps_per_epoch, self.batch_size
-        return perm[: steps * b].view(steps, b)[start:]
+        rank, n = self.part[0], self.local_batch
+        return perm[: steps * b].view(steps, b)[start:, rank * n : (rank + 1) * n]
 
     def ssl_epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """``steps_per_epoch − start`` pairs ``(view1, view2)``: float32 normalised
-        ``[batch_size, 3, S, S]`` on the device; a pure function of ``(seed, epoch)``."""
+        ``[batch_size / world, 3, S, S]`` on the device — this process's part of every global
+        batch, augmented exactly as those rows of the whole batch in one process; a pure function
+        of ``(seed, epoch)``."""
         if not 0 <= start <= self.steps_per_epoch:
             raise ValueError(f"start: must be in [0, {self.steps_per_epoch}], got {start}")
         return self._ssl_batches(epoch, start)
@@ -149,7 +161,7 @@ class DataBundle:
         if self._ssl_loader is None:
             images = self._tensors["ssl"]
             for k, idx in enumerate(batches.to(self.device)):
-                yield self.augment(images.index_select(0, idx), generator(k))
+                yield self.augment(images.index_select(0, idx), generator(k), self.part)
             return
         if isinstance(self._splits, MemmapSplits):
             self._ssl_sampler.items = [b.numpy() for b in batches]
@@ -157,10 +169,10 @@ class DataBundle:
             self._ssl_sampler.items = [(int(i), epoch) for i in batches.flatten()]
         for k, item in enumerate(self._ssl_loader):
             if isinstance(item, Tensor):
-                yield self.augment(item.to(self.device, non_blocking=True), generator(k))
+                yield self.augment(item.to(self.device, non_blocking=True), generator(k), self.part)
             else:
                 c1, c2 = (c.to(self.device, non_blocking=True) for c in item)
-                yield self.augment.photometric(c1, c2, generator(k))
+                yield self.augment.photometric(c1, c2, generator(k), self.part)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Every sample of ``split`` once, in order: ``(x, y)`` with ``x`` float32 normalised
@@ -222,10 +234,14 @@ def build_data(
     synthetic_size: int | None = None,
     synthetic_classes: int = 10,
     blur: bool | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataBundle:
     """Check the dataset (``DataError`` before anything is loaded), load it and wrap it.
 
     ``aug``: ``byol`` or ``mocov2`` (``m2t`` = ``byol``); ``blur=None``: blur only above 64 px.
+    ``rank``/``world``: under DDP each process loads and augments only its part of every global
+    batch of ``batch_size`` (equal to the same rows of the whole batch in one process).
     """
     info = get_dataset(name)
     if aug not in AUGMENTATIONS and aug not in AUG_ALIASES:
@@ -248,4 +264,5 @@ def build_data(
         device=torch.device(device),
         num_workers=num_workers,
         seed=seed,
+        part=(rank, world),
     )
