@@ -63,17 +63,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast on CUDA for ``auto``/``bf16``; full precision otherwise."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """bf16 on CUDA for ``auto``, bf16 anywhere for ``bf16``; None (full precision) otherwise."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
+
+
+def autocast_context(device: torch.device, precision: str):
+    """The autocast region of :func:`autocast_dtype` (a no-op at full precision)."""
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def use_channels_last(device: torch.device, flag: bool | None) -> bool:

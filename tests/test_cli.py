@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import cli
+from cli_helpers import write_experiment as _write_experiment
 
 from suite.cli import SUBCOMMANDS, build_parser, main
 from suite.tracking import read_runs
@@ -27,16 +29,7 @@ CELL = {
 
 
 def write_experiment(folder: Path, name: str, **keys) -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, **CELL, **keys}, sort_keys=False))
-    return path
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
+    return _write_experiment(folder, name, CELL, **keys)
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:

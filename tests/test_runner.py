@@ -16,7 +16,6 @@ cell's command with a one-line Python script.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -27,10 +26,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from cli_helpers import cli
+from cli_helpers import write_experiment as _write_experiment
 
 from suite.cell import CellConfig
-from suite.cli import main
 from suite.runner import (
     Shard,
     build_plan,
@@ -66,17 +65,7 @@ TINY = {
 
 
 def write_experiment(folder: Path, name: str, **keys) -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, **TINY, **keys}, sort_keys=False))
-    return path
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    """``main(argv)`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
+    return _write_experiment(folder, name, TINY, **keys)
 
 
 def runs_by_cell(uri: str, experiment: str) -> dict[str, list[dict]]:

@@ -187,7 +187,7 @@ def update_running_stats(
         running_var.lerp_(unbiased.mean(0).to(running_var.dtype), momentum)
 
 
-def _momentum_of(bn: nn.modules.batchnorm._BatchNorm) -> float:
+def momentum_of(bn: nn.modules.batchnorm._BatchNorm) -> float:
     """The running-stat factor of one update (after ``num_batches_tracked`` was incremented)."""
     if bn.momentum is not None:
         return bn.momentum
@@ -224,7 +224,7 @@ def batch_norm_train(
             bn.weight,
             bn.bias,
             True,
-            _momentum_of(bn) if track else 0.0,
+            momentum_of(bn) if track else 0.0,
             bn.eps,
         )
     needs_grad = torch.is_grad_enabled() and (
@@ -239,7 +239,7 @@ def batch_norm_train(
             bn.num_batches_tracked.add_(1)
             sl = slice(v * devices, (v + 1) * devices)
             update_running_stats(
-                bn.running_mean, bn.running_var, mean[sl], var[sl], count, _momentum_of(bn)
+                bn.running_mean, bn.running_var, mean[sl], var[sl], count, momentum_of(bn)
             )
     return y
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from suite.bn.dims import OneD, TwoD
-from suite.bn.functional import batch_norm_eval, batch_norm_train
+from suite.bn.functional import batch_norm_eval, batch_norm_train, momentum_of
 from suite.bn.views import ViewAware
 
 
@@ -71,11 +71,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
         factor = 0.0
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
-            factor = (
-                self.momentum
-                if self.momentum is not None
-                else 1.0 / float(self.num_batches_tracked.item())
-            )
+            factor = momentum_of(self)
         return TorchSyncBatchNorm.apply(
             x,
             self.weight,
