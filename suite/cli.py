@@ -6,8 +6,9 @@ modules (torch, timm, MLflow) are imported inside the ``cmd_`` functions only, s
 --help`` answers at once. To add a sub-command, write the pair and list ``add_<name>`` in
 :data:`SUBCOMMANDS`.
 
-Exit codes: 0 success; 1 a cell failed; 2 a usage, configuration, data or tracking error, reported
-before any training starts; 130 interrupted.
+Exit codes: 0 success; 1 a cell failed (``run``), a check failed or a run is missing
+(``check``), nothing to report (``report``); 2 a usage, configuration, data or tracking error,
+reported before any training starts; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -33,8 +34,25 @@ def _shard(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _add_matrix_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments that select an experiment's cells and where their runs are tracked."""
+def parse_seeds(text: str) -> list[int]:
+    """``0-4`` or ``0,1,2`` (or a mix, ``0-2,7``) -> distinct seeds >= 0, in order."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            first, dash, last = part.strip().partition("-")
+            lo, hi = int(first), int(last) if dash else int(first)
+            if lo < 0 or hi < lo:
+                raise ValueError
+            seeds += [s for s in range(lo, hi + 1) if s not in seeds]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a seed list; write e.g. 0-4 or 0,1,2 (integers >= 0)"
+        ) from None
+    return seeds
+
+
+def _add_experiment_arguments(p: argparse.ArgumentParser) -> None:
+    """The experiment file, where its runs are tracked, and the overrides that select cells."""
     p.add_argument("experiment", metavar="EXPERIMENT.yaml", help="experiment file (a matrix)")
     p.add_argument(
         "--tracking-uri",
@@ -46,6 +64,17 @@ def _add_matrix_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="dataset root for cells whose file gives none (also ${DATA} when unset)",
     )
+    p.add_argument(
+        "--seeds",
+        metavar="LIST",
+        type=parse_seeds,
+        help="replace the file's seeds: every cell once per seed (0-4, or 0,1,2)",
+    )
+
+
+def _add_matrix_arguments(p: argparse.ArgumentParser) -> None:
+    """:func:`_add_experiment_arguments` and ``--shard`` (run, plan)."""
+    _add_experiment_arguments(p)
     p.add_argument(
         "--shard",
         metavar="K/N",
@@ -99,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             data_root=args.data_root,
             shard=args.shard,
+            seeds=args.seeds,
         )
         tracker = prepare(plan, args.device)
     except (ConfigError, DataError, TrackingError, PreflightError) as exc:
@@ -129,22 +159,49 @@ def add_plan(sub: Any) -> None:
     )
     _add_matrix_arguments(p)
     _add_workdir(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (cells, values)")
     p.set_defaults(handler=cmd_plan)
 
 
+def _read_experiment(args: argparse.Namespace) -> Any:
+    """The experiment of a command that only reads results (plan, check, report).
+
+    Where ``${DATA}`` is unset and no ``--data-root`` is given, ``${DATA}`` reads as the
+    placeholder ``$DATA``: where the data lies is not part of a cell id, so the cells and their
+    ids are the same wherever the data is, or without it.
+    """
+    import os
+
+    from suite.config import load_experiment
+
+    env = None
+    if args.data_root is None and "DATA" not in os.environ:
+        env = {**os.environ, "DATA": "$DATA"}
+    return load_experiment(args.experiment, data_root=args.data_root, env=env, seeds=args.seeds)
+
+
+def _read_plan(args: argparse.Namespace, experiment: Any = None, shard: Any = None) -> Any:
+    """The plan of ``experiment`` (read from ``args`` when None) against the tracking store."""
+    from suite.runner.plan import build_plan
+    from suite.tracking import check_tracking, resolve_tracking_uri
+
+    experiment = experiment or _read_experiment(args)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking(uri)
+    return build_plan(experiment, uri, shard)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
     from suite.config import ConfigError
-    from suite.runner import cell_folder, load_plan, render_plan
+    from suite.runner import cell_folder, render_plan
     from suite.runner.lock import is_locked
+    from suite.runner.plan import plan_json
     from suite.tracking import TrackingError
 
     try:
-        plan = load_plan(
-            args.experiment,
-            tracking_uri=args.tracking_uri,
-            data_root=args.data_root,
-            shard=args.shard,
-        )
+        plan = _read_plan(args, shard=args.shard)
     except (ConfigError, TrackingError) as exc:
         return usage_error(exc, "plan")
     running = {
@@ -152,7 +209,194 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for c in plan.cells
         if is_locked(cell_folder(args.workdir, plan.name, c.cell_id) / "lock")
     }
-    print(render_plan(plan, running))
+    if args.json:
+        print(json.dumps(plan_json(plan, running), indent=1, default=str))
+    else:
+        print(render_plan(plan, running))
+    return EXIT_OK
+
+
+# -- check ---------------------------------------------------------------------------------------
+def _metric(text: str) -> str:
+    from suite.check.metrics import check_metric
+    from suite.config.errors import Invalid
+
+    try:
+        return check_metric(text)
+    except Invalid as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_check(sub: Any) -> None:
+    p = sub.add_parser(
+        "check",
+        help="judge the recorded runs of an experiment against its baselines (exit 0/1/2)",
+        description="Read the latest FINISHED run of each cell and judge every entry and "
+        "relation of the baselines: pass, FAIL or missing. Exit 0 when all pass, 1 on a FAIL or "
+        "a missing run (unless --allow-missing), 2 on a usage, baseline or tracking error.",
+    )
+    _add_experiment_arguments(p)
+    p.add_argument(
+        "--baseline",
+        metavar="FILE",
+        action="append",
+        help="baseline file (repeatable; default: every baselines/*.yaml with a section for "
+        "the experiment)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="judge on the cells that have finished runs; missing ones do not fail the check",
+    )
+    w = p.add_argument_group("writing a baseline (an explicit step: thresholds from measured runs)")
+    w.add_argument(
+        "--write-baseline",
+        metavar="FILE",
+        help="write FILE's section for this experiment from the finished runs, then check it",
+    )
+    w.add_argument(
+        "--metric",
+        action="append",
+        type=_metric,
+        help="metric to write (repeatable; default: knn/top1_gain and knn/top1)",
+    )
+    w.add_argument(
+        "--tolerance-k",
+        type=float,
+        default=3.0,
+        metavar="K",
+        help="tolerance = max(floor, K x std over seeds) (default 3)",
+    )
+    w.add_argument(
+        "--tolerance-floor",
+        type=float,
+        metavar="X",
+        help="the floor, in the metric's logged unit (default 0.01 for accuracies, 10%% of the "
+        "mean for other metrics)",
+    )
+    p.set_defaults(handler=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+    from pathlib import Path
+
+    from suite.check import baselines_for, check_plan, default_baseline_files, render_check
+    from suite.check.write import DEFAULT_METRICS, Rule, write_baseline
+    from suite.config import ConfigError
+    from suite.tracking import TrackingError
+
+    if args.write_baseline and args.baseline:
+        return usage_error(
+            ValueError("--write-baseline FILE checks the file it writes; leave out --baseline"),
+            "check",
+        )
+    if args.tolerance_k <= 0 or (args.tolerance_floor is not None and args.tolerance_floor < 0):
+        return usage_error(
+            ValueError("--tolerance-k must be > 0 and --tolerance-floor >= 0"), "check"
+        )
+    try:
+        experiment = _read_experiment(args)
+        if args.baseline:
+            files, explicit = [Path(f) for f in args.baseline], True
+        elif not args.write_baseline:
+            files, explicit = default_baseline_files(args.experiment), False
+        if not args.write_baseline:  # a bad baseline is reported before the store is read
+            baselines = baselines_for(experiment.name, files, explicit=explicit)
+        plan = _read_plan(args, experiment)
+        if args.write_baseline:
+            command = "bnsuite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            warnings = write_baseline(
+                args.write_baseline,
+                plan,
+                metrics=args.metric or DEFAULT_METRICS,
+                rule=Rule(args.tolerance_k, args.tolerance_floor),
+                command=command,
+            )
+            for warning in warnings:
+                print(f"bnsuite check: warning: {warning}", file=sys.stderr)
+            print(f"wrote {args.write_baseline}", file=sys.stderr)
+            baselines = baselines_for(plan.name, [Path(args.write_baseline)], explicit=True)
+        result = check_plan(plan, baselines, allow_missing=args.allow_missing)
+    except (ConfigError, TrackingError, ValueError) as exc:
+        return usage_error(exc, "check")
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        print(render_check(result))
+    return result.exit_code
+
+
+# -- report --------------------------------------------------------------------------------------
+def add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write report.md and a self-contained index.html (tables, plots) of an experiment",
+        description="Paper vs measured for every baseline entry and relation, and plots "
+        "(accuracy per BN pair, accuracy against batch size, images/s, loss curves), with the "
+        "command, commit, versions and device that produced it. Exit 1 when no cell has a "
+        "finished run.",
+    )
+    _add_experiment_arguments(p)
+    p.add_argument(
+        "--baseline",
+        metavar="FILE",
+        action="append",
+        help="baseline file (repeatable; default: every baselines/*.yaml with a section for it)",
+    )
+    p.add_argument("--out", metavar="DIR", help="output folder (default: reports/<experiment>)")
+    p.add_argument(
+        "--notes",
+        metavar="FILE",
+        help="Markdown text for the report's 'Reading' section (your interpretation)",
+    )
+    p.set_defaults(handler=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from suite.check import BaselineError, baselines_for, check_plan, default_baseline_files
+    from suite.config import ConfigError
+    from suite.report import write_report
+    from suite.tracking import TrackingError
+
+    try:
+        plan = _read_plan(args)
+        files = (
+            [Path(f) for f in args.baseline]
+            if args.baseline
+            else default_baseline_files(args.experiment)
+        )
+        try:
+            baselines = baselines_for(plan.name, files, explicit=bool(args.baseline))
+        except BaselineError:
+            if args.baseline:
+                raise
+            baselines = []  # a report without a baseline still shows the measurements
+        result = check_plan(plan, baselines, allow_missing=True)
+    except (ConfigError, TrackingError) as exc:
+        return usage_error(exc, "report")
+    if not any(c.done for c in plan.cells):
+        print(
+            f"bnsuite report: experiment {plan.name!r} has no finished run in "
+            f"{plan.tracking_uri}; nothing to report (run it first: bnsuite run "
+            f"{args.experiment})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    try:
+        notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        return usage_error(ValueError(f"--notes: cannot read {args.notes!r} ({exc})"), "report")
+    out = Path(args.out) if args.out else Path("reports") / plan.name
+    command = "bnsuite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    written = write_report(plan, result, out, command=command, notes=notes.strip())
+    for path in written:
+        print(path)
     return EXIT_OK
 
 
@@ -213,7 +457,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # -- entry point ---------------------------------------------------------------------------------
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_run, add_plan, add_bench]
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_run, add_plan, add_check, add_report, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

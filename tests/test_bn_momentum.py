@@ -1,4 +1,5 @@
-"""``momentum`` strategy: MomentumBN against the REFERENCE.md equations, written out here."""
+"""``momentum`` strategy: MomentumBN against the paper's and the official code's equations,
+written out here."""
 
 import math
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,15 +52,22 @@ def load_experiment(
     *,
     data_root: str | None = None,
     env: Mapping[str, str] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Experiment:
     """Load ``path``; raise :class:`ConfigError` with every problem found.
 
     Environment for ``${VAR}``: ``env`` if given, else ``os.environ``; ``DATA`` is set to
     ``data_root`` only where that environment has no ``DATA``. ``dataset.root``: the file's value
     (after substitution) wins; else ``data_root``; else ``None`` (built-in datasets need none).
+
+    ``seeds`` (``--seeds``) replaces the file's ``seed`` / ``seeds``: every cell once per seed,
+    as if the file said ``seeds: [...]`` (used to measure a seed spread of a one-seed matrix).
     """
     file = str(path)
-    raw = _parse(file)
+    raw = parse_yaml(file)
+    if seeds is not None:
+        raw = {k: v for k, v in raw.items() if k not in ("seed", "seeds")}
+        raw["seeds"] = list(seeds)
     variables = dict(os.environ if env is None else env)
     if data_root is not None:
         variables.setdefault("DATA", str(data_root))
@@ -118,7 +125,8 @@ def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
-def _parse(file: str) -> dict[str, Any]:
+def parse_yaml(file: str, valid_keys: Sequence[str] = TOP_KEYS) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (duplicate keys rejected), or :class:`ConfigError`."""
     try:
         text = Path(file).read_text(encoding="utf-8")
     except OSError as exc:
@@ -134,7 +142,10 @@ def _parse(file: str) -> dict[str, Any]:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(
-            [f"{file}: top level: {show(raw)} is not a mapping; valid keys: {', '.join(TOP_KEYS)}"]
+            [
+                f"{file}: top level: {show(raw)} is not a mapping; "
+                f"valid keys: {', '.join(valid_keys)}"
+            ]
         )
     return raw
 

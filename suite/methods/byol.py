@@ -6,9 +6,10 @@ The student predicts the teacher's projection of the *other* view:
     k1 = normalize(teacher(x2)),  k2 = normalize(teacher(x1))   (official call order: x2, then x1)
     loss = mean_n(4 − 2(⟨q1, k1⟩ + ⟨q2, k2⟩))                   (= the two 2 − 2·cos terms)
 
-Heads (REFERENCE.md): projector Linear(d, 4096)–BN–ReLU–Linear(4096, 256), predictor
-Linear(256, 4096)–BN–ReLU–Linear(4096, 256); the paper's STL10 setting uses 512 → 128
-(``MethodConfig.proj_hidden/proj_dim/pred_hidden``). Teacher momentum m0 = 0.99, cosine to 1.
+Heads (the official Momentum² Teacher recipe): projector Linear(d, 4096)–BN–ReLU–Linear(4096,
+256), predictor Linear(256, 4096)–BN–ReLU–Linear(4096, 256); the paper's STL10 setting uses
+512 → 128 (``MethodConfig.proj_hidden/proj_dim/pred_hidden``). Teacher momentum m0 = 0.99,
+cosine to 1.
 
 M2T is BYOL with a MomentumBN teacher and a plain per-device-BN student (``default_bn``); the
 official code evaluates the teacher (``CellConfig.eval_encoder``).

@@ -33,6 +33,8 @@ class PlannedCell:
     done: bool
     last_status: str | None = None  # status of the latest run when not FINISHED
     metrics: dict[str, float] = field(default_factory=dict)  # of the FINISHED run, when done
+    run_id: str | None = None  # the latest FINISHED run, when done
+    tags: dict[str, str] = field(default_factory=dict)  # of that run (versions, commit, device)
 
     @property
     def cell_id(self) -> str:
@@ -82,6 +84,45 @@ def varying_fields(cells: list[CellConfig]) -> list[str]:
     ]
 
 
+#: fields that name a configuration best, tried first by :func:`identifying_fields`
+NAMING_FIELDS = ("method.name", "student_bn", "teacher_bn", "batch_size", "devices")
+
+
+def identifying_fields(cells: list[CellConfig], fields: list[str]) -> list[str]:
+    """The fewest of ``fields`` (greedy, :data:`NAMING_FIELDS` first) that tell apart every
+    combination of ``fields`` the cells take: ``method.pred_hidden`` is left out when it only
+    follows ``method.name``. Returned in the order of ``fields``."""
+    flats = [c.flat() for c in cells]
+    target = len({tuple(repr(f[k]) for k in fields) for f in flats})
+    ordered = [f for f in NAMING_FIELDS if f in fields] + [
+        f for f in fields if f not in NAMING_FIELDS
+    ]
+    chosen: list[str] = []
+    distinct = 1
+    for name in ordered:
+        if distinct >= target:
+            break
+        trial = chosen + [name]
+        count = len({tuple(repr(f[k]) for k in trial) for f in flats})
+        if count > distinct:
+            chosen, distinct = trial, count
+    return [f for f in fields if f in chosen]
+
+
+def config_label(values: dict[str, Any]) -> str:
+    """``byol local/momentum batch_size=32``: a configuration named by its flat field values
+    (method, then the student/teacher BN pair, then the rest as ``key=value``)."""
+    rest = dict(values)
+    parts = []
+    if "method.name" in rest:
+        parts.append(str(rest.pop("method.name")))
+    if "student_bn" in rest or "teacher_bn" in rest:
+        s, t = rest.pop("student_bn", None), rest.pop("teacher_bn", None)
+        parts.append(f"{s or '·'}/{t or '·'}")
+    parts += [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in rest.items()]
+    return " ".join(parts) or "all cells"
+
+
 def cell_folder(workdir: Path | str, experiment: str, cell_id: str) -> Path:
     """``<workdir>/<experiment>/<cell_id>``: the cell's stable checkpoint and log folder (the
     experiment name with characters other than letters, digits, ``.``, ``-``, ``_`` replaced)."""
@@ -118,6 +159,8 @@ def build_plan(experiment: Experiment, tracking_uri: str, shard: Shard | None = 
                 done=cid in finished,
                 last_status=last["status"] if last and cid not in finished else None,
                 metrics=dict(finished[cid]["metrics"]) if cid in finished else {},
+                run_id=finished[cid]["run_id"] if cid in finished else None,
+                tags=dict(finished[cid]["tags"]) if cid in finished else {},
             )
         )
     return Plan(experiment, tracking_uri, shard, tuple(fields), len(all_cells), tuple(planned))
@@ -154,3 +197,37 @@ def render_plan(plan: Plan, running: set[str] | None = None) -> str:
             ]
         )
     return "\n".join(head) + format_table(headers, rows)
+
+
+def plan_json(plan: Plan, running: set[str] | None = None) -> dict[str, Any]:
+    """``bnsuite plan --json``: the plan as data, for scripts that join plans with runs.
+
+    ``cells[i]``: ``position``, ``cell_id``, ``axes`` (the varying fields), ``values`` (every
+    resolved field, dotted as recorded in MLflow params), ``status`` (``done``, ``pending`` or
+    ``running``), ``last_status`` (of the latest run when not done) and ``metrics`` (of the
+    finished run).
+    """
+    running = running or set()
+    cells = []
+    for c in plan.cells:
+        status = "done" if c.done else ("running" if c.cell_id in running else "pending")
+        cells.append(
+            {
+                "position": c.position,
+                "cell_id": c.cell_id,
+                "axes": c.axes,
+                "values": c.cell.flat(),
+                "status": status,
+                "last_status": c.last_status,
+                "metrics": c.metrics,
+            }
+        )
+    return {
+        "experiment": plan.name,
+        "file": str(plan.experiment.path),
+        "tracking_uri": plan.tracking_uri,
+        "shard": str(plan.shard),
+        "total": plan.total,
+        "fields": list(plan.fields),
+        "cells": cells,
+    }

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -45,12 +45,15 @@ def load_plan(
     tracking_uri: str | None = None,
     data_root: str | None = None,
     shard: Shard | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Plan:
-    """Validate the experiment file, resolve and check the tracking store, read what is done."""
+    """Validate the experiment file, resolve and check the tracking store, read what is done.
+
+    ``seeds`` replaces the file's seeds (see :func:`suite.config.load_experiment`)."""
     from suite.config import load_experiment
     from suite.tracking import check_tracking, resolve_tracking_uri
 
-    experiment = load_experiment(path, data_root=data_root)
+    experiment = load_experiment(path, data_root=data_root, seeds=seeds)
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking(uri)
     return build_plan(experiment, uri, shard)

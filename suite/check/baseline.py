@@ -1,0 +1,441 @@
+"""Baseline files (``baselines/*.yaml``): expected numbers as data, validated like experiments.
+
+A file holds expectations for one or more experiments, by the experiment file's ``name``::
+
+    description: free text
+    experiments:
+      stl10-table1:                     # an experiment's name
+        unit: percent                   # default of every entry and relation below
+        metric: linear/top1             # default metric (optional)
+        source: "paper, Table 1"        # default provenance (optional); also ``protocol``, ``note``
+        entries:
+          - match: {student_bn: sync, teacher_bn: sync}   # cell keys as in experiments/README.md
+            metric: linear/top1
+            expected: 88.06
+            tolerance: 1.0              # |mean − expected| ≤ tolerance (side: both)
+            side: both                  # or lower (mean ≥ expected − tol), upper (≤ expected + tol)
+            min: 80                     # and/or absolute bounds on the mean
+            source: ...; protocol: ...; note: ...
+        relations:
+          - "local/local < sync/sync"   # a bare string: the section's metric and unit
+          - relation: "local/momentum >= 0.97 * local/local"
+            metric: images_per_s
+            match: {method: byol}       # narrows every group of the relation
+            groups: {small: {batch_size: 32}}   # named groups, for relations over other keys
+
+``match`` selects every cell of the experiment whose resolved values agree with it (dotted keys
+such as ``dataset.name`` are allowed; ``method: m2t`` matches by the resolved method), and a
+metric is averaged over the seeds of the cells it selects. ``expected: null`` keeps a claim
+whose number is not known: it is reported, never judged. Every problem is reported at once as
+``FILE: experiments.NAME.entries[i].key: problem`` (:class:`BaselineError`, exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from suite.check import metrics as m
+from suite.check.relation import Relation, RelationSyntaxError, parse_relation
+from suite.config.errors import ConfigError, Invalid, show, suggest
+from suite.config.loader import parse_yaml
+from suite.config.schema import CELL, INVALID, Layer, read_layer
+
+TOP_KEYS = ("description", "experiments")
+SECTION_KEYS = ("unit", "metric", "source", "protocol", "note", "entries", "relations")
+ENTRY_KEYS = (
+    "name",
+    "match",
+    "metric",
+    "unit",
+    "expected",
+    "tolerance",
+    "side",
+    "min",
+    "max",
+    "source",
+    "protocol",
+    "note",
+    "measured",
+)
+RELATION_KEYS = ("name", "relation", "metric", "unit", "match", "groups", "source", "note")
+SIDES = ("both", "lower", "upper")
+
+
+class BaselineError(ConfigError):
+    """A baseline file that cannot be used; ``errors`` holds every problem, one line each."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One expectation: a metric of the cells ``match`` selects, against a number or bounds."""
+
+    where: str  # "FILE: experiments.NAME.entries[i]"
+    label: str
+    match: Layer
+    match_text: str
+    metric: str
+    unit: str
+    expected: float | None = None
+    tolerance: float | None = None
+    side: str = "both"
+    minimum: float | None = None
+    maximum: float | None = None
+    source: str = ""
+    protocol: str = ""
+    note: str = ""
+    measured: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def judged(self) -> bool:
+        """False for a claim kept without a number (``expected: null`` and no bounds)."""
+        return self.expected is not None or self.minimum is not None or self.maximum is not None
+
+    def bounds(self) -> tuple[float | None, float | None]:
+        """The interval the mean must lie in (either end may be open)."""
+        lo, hi = self.minimum, self.maximum
+        if self.expected is not None and self.tolerance is not None:
+            if self.side in ("both", "lower"):
+                low = self.expected - self.tolerance
+                lo = low if lo is None else max(lo, low)
+            if self.side in ("both", "upper"):
+                high = self.expected + self.tolerance
+                hi = high if hi is None else min(hi, high)
+        return lo, hi
+
+
+@dataclass(frozen=True)
+class RelationSpec:
+    """A relation between groups of cells, each group a ``match`` layer."""
+
+    where: str
+    label: str
+    relation: Relation
+    metric: str
+    unit: str
+    groups: dict[str, Layer]  # group name as written in the relation -> its match
+    group_text: dict[str, str]
+    source: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The expectations one file holds for one experiment."""
+
+    file: Path
+    experiment: str
+    entries: tuple[Entry, ...]
+    relations: tuple[RelationSpec, ...]
+
+
+# -- reading ---------------------------------------------------------------------------------
+def load_baselines(path: str | os.PathLike[str]) -> dict[str, Baseline]:
+    """Every experiment section of a baseline file, by experiment name (BaselineError if bad)."""
+    file = str(path)
+    try:
+        raw = parse_yaml(file, TOP_KEYS)
+    except ConfigError as exc:
+        raise BaselineError(exc.errors) from None
+    errors: list[str] = []
+    for key in raw:
+        if key not in TOP_KEYS:
+            errors.append(_unknown("", key, TOP_KEYS))
+    sections = raw.get("experiments")
+    out: dict[str, Baseline] = {}
+    if not isinstance(sections, Mapping) or not sections:
+        errors.append(
+            f"experiments: {show(sections)} is not a mapping of experiment name -> expectations; "
+            "write experiments: {NAME: {entries: [...], relations: [...]}}"
+        )
+    else:
+        for name, section in sections.items():
+            out[str(name)] = _section(file, str(name), section, errors)
+    if errors:
+        raise BaselineError([f"{file}: {e}" for e in errors])
+    return out
+
+
+def _unknown(path: str, key: object, valid: tuple[str, ...]) -> str:
+    where = f"{path}.{key}" if path else str(key)
+    return f"{where}: unknown key; valid keys: {', '.join(valid)}{suggest(key, valid)}"
+
+
+def _text(value: Any, path: str, errors: list[str]) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    errors.append(f"{path}: {show(value)} is not text")
+    return ""
+
+
+def _number(value: Any, path: str, errors: list[str], *, minimum: float | None = None) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        errors.append(f"{path}: {show(value)} is not a number")
+        return None
+    if minimum is not None and value < minimum:
+        errors.append(f"{path}: {value!r} is below {minimum:g}")
+        return None
+    return float(value)
+
+
+def _section(file: str, name: str, raw: Any, errors: list[str]) -> Baseline:
+    path = f"experiments.{name}"
+    if not isinstance(raw, Mapping):
+        errors.append(
+            f"{path}: {show(raw)} is not a mapping; valid keys: {', '.join(SECTION_KEYS)}"
+        )
+        return Baseline(Path(file), name, (), ())
+    for key in raw:
+        if key not in SECTION_KEYS:
+            errors.append(_unknown(path, key, SECTION_KEYS))
+    defaults = {k: raw.get(k) for k in ("unit", "metric", "source", "protocol", "note")}
+    if defaults["metric"] is not None:
+        defaults["metric"] = _checked(m.check_metric, defaults["metric"], f"{path}.metric", errors)
+    entries, relations = raw.get("entries") or [], raw.get("relations") or []
+    if not isinstance(entries, list):
+        errors.append(f"{path}.entries: {show(entries)} is not a list of entries")
+        entries = []
+    if not isinstance(relations, list):
+        errors.append(f"{path}.relations: {show(relations)} is not a list of relations")
+        relations = []
+    if not entries and not relations:
+        errors.append(f"{path}: no entries and no relations; give at least one")
+    return Baseline(
+        Path(file),
+        name,
+        tuple(
+            e
+            for i, item in enumerate(entries)
+            if (e := _entry(file, f"{path}.entries[{i}]", item, defaults, errors)) is not None
+        ),
+        tuple(
+            r
+            for i, item in enumerate(relations)
+            if (r := _relation(file, f"{path}.relations[{i}]", item, defaults, errors)) is not None
+        ),
+    )
+
+
+def _checked(check, value: Any, path: str, errors: list[str]) -> Any:
+    try:
+        return check(value)
+    except Invalid as exc:
+        errors.append(f"{path}: {exc}")
+        return None
+
+
+def expand_dotted(match: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys as nested mappings: ``{"dataset.name": "digits"}`` -> ``{"dataset": {"name":
+    "digits"}}``."""
+    out: dict[str, Any] = {}
+    for key, value in match.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):  # ``method: m2t`` beside ``method.name``
+                child = node[part] = {"name": child} if part == "method" else {}
+            node = child
+        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def read_match(raw: Any, path: str, errors: list[str]) -> tuple[Layer, str]:
+    """A ``match`` mapping read with the experiment schema: (layer, text as written)."""
+    if raw is None:
+        return {}, "all cells"
+    if not isinstance(raw, Mapping):
+        errors.append(f"{path}: {show(raw)} is not a mapping of cell keys to values")
+        return {}, ""
+    before = len(errors)
+    layer = read_layer(CELL, expand_dotted(raw), path, errors)
+    if len(errors) > before or any(v is INVALID for v in layer.values()):
+        return {}, ""
+    return layer, ", ".join(f"{k}={show(v, str)}" for k, v in raw.items())
+
+
+def _metric_and_unit(
+    raw: Mapping[str, Any], path: str, defaults: Mapping[str, Any], errors: list[str]
+) -> tuple[str | None, str | None]:
+    if "metric" in raw:
+        metric = _checked(m.check_metric, raw["metric"], f"{path}.metric", errors)
+    else:
+        metric = defaults.get("metric")
+        if metric is None:
+            errors.append(f"{path}: no metric; give metric (e.g. linear/top1, knn/top1_gain)")
+    if metric is None:
+        return None, None
+    unit_raw = raw.get("unit", defaults.get("unit"))
+    where = f"{path}.unit" if "unit" in raw else f"{path} (the section's unit)"
+    if unit_raw is None:
+        return metric, m.default_unit(metric)
+    return metric, _checked(lambda u: m.check_unit(u, metric), unit_raw, where, errors)
+
+
+def _entry(
+    file: str, path: str, raw: Any, defaults: Mapping[str, Any], errors: list[str]
+) -> Entry | None:
+    if not isinstance(raw, Mapping):
+        errors.append(f"{path}: {show(raw)} is not a mapping; valid keys: {', '.join(ENTRY_KEYS)}")
+        return None
+    before = len(errors)
+    for key in raw:
+        if key not in ENTRY_KEYS:
+            errors.append(_unknown(path, key, ENTRY_KEYS))
+    metric, unit = _metric_and_unit(raw, path, defaults, errors)
+    match, match_text = read_match(raw.get("match"), f"{path}.match", errors)
+    expected = _number(raw.get("expected"), f"{path}.expected", errors)
+    tolerance = _number(raw.get("tolerance"), f"{path}.tolerance", errors, minimum=0)
+    minimum = _number(raw.get("min"), f"{path}.min", errors)
+    maximum = _number(raw.get("max"), f"{path}.max", errors)
+    side = raw.get("side", "both")
+    if side not in SIDES:
+        errors.append(f"{path}.side: {show(side)} is invalid; choose from {', '.join(SIDES)}")
+    if "expected" not in raw and minimum is None and maximum is None:
+        errors.append(f"{path}: nothing to check; give expected and tolerance, or min / max")
+    if expected is not None and tolerance is None:
+        errors.append(f"{path}.tolerance: missing; expected {expected:g} needs a tolerance")
+    if tolerance is not None and expected is None and "expected" in raw:
+        errors.append(f"{path}.tolerance: given, but expected is null")
+    if minimum is not None and maximum is not None and minimum > maximum:
+        errors.append(f"{path}: min {minimum:g} > max {maximum:g}")
+    measured = raw.get("measured") or {}
+    if not isinstance(measured, Mapping):
+        errors.append(f"{path}.measured: {show(measured)} is not a mapping")
+        measured = {}
+    if len(errors) > before:
+        return None
+    return Entry(
+        where=f"{file}: {path}",
+        label=_text(raw.get("name"), f"{path}.name", errors) or match_text,
+        match=match,
+        match_text=match_text,
+        metric=metric or "",
+        unit=unit or "",
+        expected=expected,
+        tolerance=tolerance,
+        side=side,
+        minimum=minimum,
+        maximum=maximum,
+        source=_text(raw.get("source", defaults.get("source")), f"{path}.source", errors),
+        protocol=_text(raw.get("protocol", defaults.get("protocol")), f"{path}.protocol", errors),
+        note=_text(raw.get("note"), f"{path}.note", errors),
+        measured=dict(measured),
+    )
+
+
+def _relation(
+    file: str, path: str, raw: Any, defaults: Mapping[str, Any], errors: list[str]
+) -> RelationSpec | None:
+    if isinstance(raw, str):
+        raw = {"relation": raw}
+    if not isinstance(raw, Mapping):
+        errors.append(
+            f"{path}: {show(raw)} is not a relation; write a string such as "
+            "'local/local < sync/sync' or a mapping with keys " + ", ".join(RELATION_KEYS)
+        )
+        return None
+    before = len(errors)
+    for key in raw:
+        if key not in RELATION_KEYS:
+            errors.append(_unknown(path, key, RELATION_KEYS))
+    try:
+        relation = parse_relation(raw.get("relation"))
+    except RelationSyntaxError as exc:
+        errors.append(f"{path}.relation: {exc}")
+        return None
+    metric, unit = _metric_and_unit(raw, path, defaults, errors)
+    common, common_text = read_match(raw.get("match"), f"{path}.match", errors)
+    named = raw.get("groups") or {}
+    if not isinstance(named, Mapping):
+        errors.append(f"{path}.groups: {show(named)} is not a mapping of name -> match")
+        named = {}
+    groups: dict[str, Layer] = {}
+    texts: dict[str, str] = {}
+    for group in relation.groups():
+        if group.pair is not None:
+            layer: Layer = {("student_bn",): group.pair[0], ("teacher_bn",): group.pair[1]}
+            text = f"student_bn={group.pair[0]}, teacher_bn={group.pair[1]}"
+        elif group.name in named:
+            layer, text = read_match(named[group.name], f"{path}.groups.{group.name}", errors)
+        else:
+            errors.append(
+                f"{path}.relation: group {group.name!r} is neither a student/teacher pair nor a "
+                f"key of groups (defined: {', '.join(map(str, named)) or 'none'})"
+                + suggest(group.name, [str(k) for k in named])
+            )
+            continue
+        groups[group.name] = {**layer, **common}
+        texts[group.name] = ", ".join(t for t in (text, common_text) if t)
+    for name in named:
+        if name not in groups and name not in {g.name for g in relation.groups()}:
+            errors.append(f"{path}.groups.{name}: defined but not used in the relation")
+    if len(errors) > before:
+        return None
+    return RelationSpec(
+        where=f"{file}: {path}",
+        label=_text(raw.get("name"), f"{path}.name", errors) or relation.text,
+        relation=relation,
+        metric=metric or "",
+        unit=unit or "",
+        groups=groups,
+        group_text=texts,
+        source=_text(raw.get("source", defaults.get("source")), f"{path}.source", errors),
+        note=_text(raw.get("note"), f"{path}.note", errors),
+    )
+
+
+def default_baseline_files(experiment_path: str | os.PathLike[str]) -> list[Path]:
+    """``baselines/*.yaml`` beside the experiment's folder (``experiments/x.yaml`` ->
+    ``baselines/``), else ``./baselines``; sorted by name."""
+    here = Path(experiment_path).resolve().parent.parent / "baselines"
+    folder = here if here.is_dir() else Path("baselines").resolve()
+    if not folder.is_dir():
+        return []
+    cwd = Path.cwd().resolve()
+    return [
+        f.relative_to(cwd) if f.is_relative_to(cwd) else f for f in sorted(folder.glob("*.yaml"))
+    ]
+
+
+def baselines_for(experiment: str, files: list[Path], *, explicit: bool) -> list[Baseline]:
+    """The sections of ``files`` for ``experiment``; every file is validated in full.
+
+    ``explicit`` (files named with ``--baseline``): a file without a section for the experiment
+    is an error; otherwise it is skipped. No section anywhere is an error too.
+    """
+    errors: list[str] = []
+    found: list[Baseline] = []
+    for file in files:
+        try:
+            sections = load_baselines(file)
+        except BaselineError as exc:
+            errors.extend(exc.errors)
+            continue
+        if experiment in sections:
+            found.append(sections[experiment])
+        elif explicit:
+            names = ", ".join(sections) or "none"
+            errors.append(
+                f"{file}: no expectations for experiment {experiment!r} (it has: {names})"
+                + suggest(experiment, list(sections))
+            )
+    if not errors and not found:
+        where = ", ".join(str(f) for f in files) or "baselines/ (no files)"
+        errors.append(
+            f"no baseline holds expectations for experiment {experiment!r} (looked in {where}); "
+            "give --baseline FILE, or write one with --write-baseline FILE"
+        )
+    if errors:
+        raise BaselineError(errors)
+    return found
