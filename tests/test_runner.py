@@ -552,14 +552,14 @@ def test_concurrent_shards_record_every_cell_exactly_once(sharded):
 
 
 def test_diverging_cell_fails_cleanly_and_its_sibling_finishes(sharded):
-    """Shard 1/2: the lr 1e30 cell fails with a non-finite loss (FAILED, suite.failure names it),
-    the next cell of the same shard still trains and finishes, and the command exits 1 listing the
-    failed cell."""
+    """Shard 1/2: the lr 1e30 cell diverges (FAILED, suite.failure names TrainingDiverged and the
+    step), the next cell of the same shard still trains and finishes, and the command exits 1
+    listing the failed cell."""
     bad, _, good1 = sharded["ids"]
     (failed,) = sharded["runs"][bad]
     reason = failed["tags"][FAILURE_TAG]
-    assert reason.startswith("TrainingDiverged: loss became")
-    assert any(word in reason for word in ("nan", "inf"))
+    assert reason.startswith(("TrainingDiverged: loss became", "TrainingDiverged: at step"))
+    assert "at step" in reason
     (sibling,) = sharded["runs"][good1]
     assert sibling["start_time"] > failed["start_time"] and sibling["status"] == "FINISHED"
     code, out, err = sharded["results"][0]
