@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             data_root=args.data_root,
             shard=args.shard,
         )
-        tracker = prepare(plan, args.device)
+        tracker = prepare(plan, args.device, workdir=args.workdir)
     except (ConfigError, DataError, TrackingError, PreflightError) as exc:
         return usage_error(exc, "run")
     if tracker is None:
@@ -144,6 +144,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             data_root=args.data_root,
             shard=args.shard,
+            write=False,
         )
     except (ConfigError, TrackingError) as exc:
         return usage_error(exc, "plan")
