@@ -287,25 +287,89 @@ def run_bench(
     return result
 
 
-def main(args) -> int:
-    """``bnsuite bench``: exit 2 on a bad combination, before anything is built."""
-    import sys
+def _check_backbone(name: str, image_size: int, cifar_stem: bool | None) -> str | None:
+    """Why ``--backbone name`` cannot be benchmarked (unknown timm model, no BatchNorm, a CIFAR
+    stem it does not support), or None. The model is built on the meta device: no memory, no
+    weights, milliseconds."""
+    from suite.config.checks import backbone as check_name
+    from suite.config.errors import Invalid
+    from suite.models import build_backbone
 
-    problems = []
-    if args.batch_size % args.devices:
-        problems.append(
-            f"--batch-size {args.batch_size} is not divisible by --devices {args.devices}"
-        )
-    if args.devices % args.nproc:
-        problems.append(f"--devices {args.devices} is not a multiple of --nproc {args.nproc}")
+    try:
+        check_name(name)
+    except Invalid as exc:
+        return f"--backbone {exc}"
+    try:
+        with torch.device("meta"):
+            build_backbone(name, image_size=image_size, cifar_stem=cifar_stem)
+    except ValueError as exc:
+        return f"--backbone {name!r}: {str(exc).split(': ', 1)[-1]}"
+    return None
+
+
+def problems(args) -> list[str]:
+    """Every reason the ``bnsuite bench`` arguments cannot run, one line each naming the flag,
+    the value and the valid choices; empty when they can. Checked before anything is built."""
+    out = []
+    positive = {
+        "--batch-size": args.batch_size,
+        "--devices": args.devices,
+        "--nproc": args.nproc,
+        "--image-size": args.image_size,
+        "--steps": args.steps,
+    }
+    for flag, value in positive.items():
+        if value < 1:
+            out.append(f"{flag} {value}: must be an integer >= 1")
+    for flag, value in {"--warmup": args.warmup, "--data": args.data}.items():
+        if value < 0:
+            out.append(f"{flag} {value}: must be an integer >= 0")
+    if args.batch_size >= 1 and args.devices >= 1 and args.batch_size % args.devices:
+        out.append(f"--batch-size {args.batch_size} is not divisible by --devices {args.devices}")
+    if args.devices >= 1 and args.nproc >= 1 and args.devices % args.nproc:
+        out.append(f"--devices {args.devices} is not a multiple of --nproc {args.nproc}")
     if args.student_bn in ("momentum", "shuffle"):
-        problems.append(
+        out.append(
             f"--student-bn {args.student_bn}: a teacher-only strategy; choose from local, sync"
         )
-    if args.steps < 1 or args.warmup < 0:
-        problems.append("--steps must be >= 1 and --warmup >= 0")
-    if problems:
-        for p in problems:
+    try:
+        device = runtime.resolve_device(args.device)
+    except ValueError:
+        out.append(
+            f"--device {args.device}: torch sees no CUDA device on this machine; "
+            "choose from auto, cpu"
+        )
+    else:
+        if device.type == "cuda" and args.nproc > torch.cuda.device_count():
+            out.append(
+                f"--nproc {args.nproc}: more processes than the {torch.cuda.device_count()} "
+                "GPU(s) of this machine on --device cuda; lower --nproc or use --device cpu"
+            )
+    if args.image_size >= 1:
+        bad = _check_backbone(args.backbone, args.image_size, args.cifar_stem)
+        if bad:
+            out.append(bad)
+    if args.data > 0:
+        from suite.data import DATASETS, DataError, check_dataset
+
+        if args.dataset not in DATASETS:
+            out.append(f"--dataset {args.dataset!r}: unknown; choose from {', '.join(DATASETS)}")
+        else:
+            try:
+                check_dataset(args.dataset, args.data_root)
+            except DataError as exc:
+                where = f" --data-root {args.data_root}" if args.data_root else " (no --data-root)"
+                out.append(f"--dataset {args.dataset}{where}: {exc}")
+    return out
+
+
+def main(args) -> int:
+    """``bnsuite bench``: exit 2 with every :func:`problems` line before anything is built."""
+    import sys
+
+    found = problems(args)
+    if found:
+        for p in found:
             print(f"bnsuite bench: {p}", file=sys.stderr)
         return 2
     cell = bench_cell(

@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             shard=args.shard,
             seeds=args.seeds,
         )
-        tracker = prepare(plan, args.device)
+        tracker = prepare(plan, args.device, workdir=args.workdir)
     except (ConfigError, DataError, TrackingError, PreflightError) as exc:
         return usage_error(exc, "run")
     if tracker is None:
@@ -187,7 +187,7 @@ def _read_plan(args: argparse.Namespace, experiment: Any = None, shard: Any = No
 
     experiment = experiment or _read_experiment(args)
     uri = resolve_tracking_uri(args.tracking_uri)
-    check_tracking(uri)
+    check_tracking(uri, write=False)
     return build_plan(experiment, uri, shard)
 
 

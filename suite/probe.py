@@ -3,6 +3,10 @@
 Every accuracy has its floor beside it: the same probes on the random-init encoder of the same
 backbone and data (``knn/top1_random_init``, ``linear/top1_random_init``). Accuracies are
 fractions in [0, 1]; the protocol (k, T, linear epochs, encoder) is part of the cell's params.
+
+Features of the trained encoder that break the divergence rule of :mod:`suite.finite` (NaN, inf,
+``|x| >= 2**64``) fail the cell with :class:`suite.train.TrainingDiverged`; the probes themselves
+refuse such input too, so no accuracy is ever computed from them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,20 @@ def _features(encoder: nn.Module, data, device, channels_last: bool, dtype, batc
         )
         for split in ("train", "test")
     )
+
+
+def check_features(cell: CellConfig, *features: torch.Tensor) -> None:
+    """Raise :class:`~suite.train.TrainingDiverged` when any of the evaluated encoder's feature
+    tensors breaks :mod:`suite.finite`'s rule; the message names the encoder and the counts."""
+    from suite import finite
+    from suite.train import TrainingDiverged
+
+    for split, x in zip(("train", "test"), features, strict=False):
+        if x.numel() and bool(finite.diverged_mask([x])[0]):
+            raise TrainingDiverged(
+                f"before evaluation: the {cell.eval_encoder}'s {split} features are diverged "
+                f"({finite.describe(x)}; rule: {finite.RULE}); no probe is run on them"
+            )
 
 
 def probe_features(cell: CellConfig, train, test, num_classes: int, suffix: str = "") -> dict:
@@ -78,6 +96,7 @@ def evaluate_cell(
     bs = max(cell.eval.linear_batch_size, 256)
     encoder = method.encoder(cell.eval_encoder)
     train, test = _features(encoder, data, device, channels_last, dtype, bs)
+    check_features(cell, train[0], test[0])
     metrics = probe_features(cell, train, test, data.num_classes)
     metrics["eval/feature_dim"] = train[0].shape[1]
     if cell.eval.random_init_floor:

@@ -9,10 +9,18 @@ Per iteration k (0-based) of K = epochs × steps_per_epoch:
               cosine to 0 (timm's ``CosineLRScheduler``, per iteration);
     teacher   ← EMA with m_k (inside ``method.training_step``), then forwards, loss, backward, step.
 
-A loss that is not finite stops the cell with :class:`TrainingDiverged`. A checkpoint (method,
-optimiser, step) is written atomically every ``checkpoint_every`` steps and at the end; a restart
-resumes from it and, on CPU, continues bit-identically (the data order and augmentations are a
-pure function of seed, epoch and batch index).
+Divergence stops the cell with :class:`TrainingDiverged` (the step and the tensor): a loss that is
+not finite (checked every step; the loss is on the host already), and any parameter or buffer of
+student or teacher (BN running statistics included) that breaks :mod:`suite.finite`'s rule —
+NaN, inf or ``|x| >= 2**64`` — checked at every logging step, before every checkpoint (so a
+diverged state is never saved) and before evaluation: one reduction per tensor and one host
+synchronisation, never per step. The probes then refuse features that break the same rule.
+
+A checkpoint (method, optimiser, step) is written atomically every ``checkpoint_every`` steps and at
+the end; a restart resumes from it and, on CPU, continues bit-identically (the data order and
+augmentations are a pure function of seed, epoch and batch index). A checkpoint that cannot be
+read fails the cell with :class:`CheckpointError` naming the file; the cell's checkpoint files are
+moved aside first, so the next run restarts the cell from step 0.
 """
 
 from __future__ import annotations
@@ -35,7 +43,74 @@ ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the cell fails with the step and the value."""
+    """The loss, a parameter, a buffer or the evaluated features broke the divergence rule of
+    :mod:`suite.finite`; the message names the step and the tensor."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read; the message names it and what was done about it."""
+
+
+def check_state(module: nn.Module, step: int, dinfo: runtime.Dist | None = None) -> None:
+    """Raise :class:`TrainingDiverged` when a floating parameter or buffer of ``module`` breaks
+    :mod:`suite.finite`'s rule (NaN, inf, ``|x| >= 2**64``) after ``step`` steps.
+
+    One reduction per tensor and one host synchronisation; under DDP the verdict is all-reduced
+    (MIN), so every rank stops together (a rank whose own tensors are fine says so).
+    """
+    from suite import finite
+
+    named = [
+        (name, tensor)
+        for name, tensor in (*module.named_parameters(), *module.named_buffers())
+        if tensor.is_floating_point()
+    ]
+    mask = finite.diverged_mask([t for _, t in named])
+    healthy = (~mask.any()).to(torch.int32)
+    if dinfo is not None and dinfo.world > 1:
+        torch.distributed.all_reduce(healthy, op=torch.distributed.ReduceOp.MIN)
+    if bool(healthy):
+        return
+    if bool(mask.any()):
+        name, tensor = named[int(mask.nonzero()[0, 0])]
+        what = f"{name} {tuple(tensor.shape)} ({finite.describe(tensor)})"
+    else:
+        what = "a tensor on another rank (this rank's are fine)"
+    raise TrainingDiverged(
+        f"at step {step}: {what} is diverged (rule: {finite.RULE}); the cell stops. "
+        "Lower optimizer.lr_per_256 or check the data"
+    )
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (None when there is none).
+
+    A file that torch cannot read, or that is not a checkpoint, raises :class:`CheckpointError`
+    after every ``checkpoint*.pt`` of its folder (all ranks' files, so that no rank resumes while
+    another restarts) has been renamed to ``<name>.corrupt-<time>``: the next run restarts the cell
+    from step 0, and the bad file is kept for inspection.
+    """
+    try:
+        state = runtime.load_checkpoint(path)
+        if state is not None and not (isinstance(state, dict) and {"step", "method"} <= set(state)):
+            raise ValueError("it is not a bnsuite checkpoint (no 'step' and 'method' entries)")
+    except Exception as exc:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        moved = []
+        for file in sorted(path.parent.glob("checkpoint*.pt")):
+            target = file.with_name(f"{file.name}.corrupt-{stamp}")
+            try:
+                file.rename(target)
+                moved.append(target.name)
+            except OSError:
+                pass
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {first}); moved aside to "
+            f"{', '.join(moved) or '(nothing: rename failed)'} in {path.parent}. Run the same "
+            "command again to restart this cell from step 0"
+        ) from exc
+    return state
 
 
 @dataclass
@@ -161,7 +236,7 @@ def train_cell(
     # Each rank keeps its own file: the teacher's BN buffers (MomentumBN history) are per rank.
     ckpt_path = workdir / ("checkpoint.pt" if dinfo.is_main else f"checkpoint.rank{dinfo.rank}.pt")
     step = 0
-    state = runtime.load_checkpoint(ckpt_path)
+    state = load_checkpoint(ckpt_path)
     if state is not None:
         if state.get("cell_id") != cell.cell_id:
             raise ValueError(
@@ -185,6 +260,14 @@ def train_cell(
         )
         if dinfo.world > 1:
             torch.distributed.barrier()
+
+    checked_at = -1
+
+    def check(at: int) -> None:
+        nonlocal checked_at
+        if at != checked_at:
+            check_state(method, at, dinfo)
+            checked_at = at
 
     timer = StepTimer()
     runtime.reset_peak_memory(dev)
@@ -222,9 +305,13 @@ def train_cell(
             last_logs = logs
             if progress is not None:
                 progress(step, run_steps, logs)
-            if log_metrics is not None and (step % cell.log_every == 0 or step == run_steps):
+            logging_step = step % cell.log_every == 0 or step == run_steps
+            checkpoint_step = step % cell.checkpoint_every == 0 or step == run_steps
+            if logging_step or checkpoint_step:
+                check(step)  # before the save: a diverged state is never checkpointed
+            if log_metrics is not None and logging_step:
                 log_metrics({f"train/{k}": float(v) for k, v in logs.items()}, step)
-            if step % cell.checkpoint_every == 0 or step == run_steps:
+            if checkpoint_step:
                 save()
             if stop_at_step is not None and step >= stop_at_step:
                 return {"interrupted_at": step}
@@ -239,6 +326,7 @@ def train_cell(
     metrics.update(timer.summary(samples_per_step, skip=min(2, max(len(timer.step_s) - 1, 0))))
     metrics["peak_memory_mb"] = runtime.peak_memory_mb(dev)
     metrics["train/resumed_at"] = resumed_at
+    check(step)  # also when a resumed cell had no step left to train
     if evaluate and dinfo.is_main:
         from suite.probe import evaluate_cell
 

@@ -120,7 +120,8 @@ def test_plan_config_error_exits_2(tmp_path, mlflow_tmp):
 
 def test_missing_dataset_exits_2_with_layout_before_training(tmp_path, mlflow_tmp):
     """cifar10 under an empty --data-root → exit 2 naming the dataset and the expected layout;
-    no run recorded, no cell folder (nothing trained)."""
+    no cell folder (nothing trained) and no store: the data check comes before the store is
+    created, so no empty mlflow.db is left behind."""
     empty = tmp_path / "data"
     empty.mkdir()
     path = write_experiment(
@@ -133,7 +134,7 @@ def test_missing_dataset_exits_2_with_layout_before_training(tmp_path, mlflow_tm
     assert "dataset 'cifar10'" in err and "cifar-10-batches-py" in err
     assert "Expected layout" in err
     assert not (tmp_path / "runs").exists()
-    assert read_runs(mlflow_tmp, "nodata", status=None) == []
+    assert not Path(mlflow_tmp.removeprefix("sqlite:///")).exists()  # no empty store left
 
 
 def test_unreachable_tracking_server_exits_2(tmp_path):
@@ -158,3 +159,64 @@ def test_cuda_without_gpu_exits_2(tmp_path, mlflow_tmp):
     code, _, err = cli("run", str(path), "--device", "cuda", "--workdir", str(tmp_path / "r"))
     assert code == 2 and "--device" in err and "cuda" in err
     assert read_runs(mlflow_tmp, "nogpu", status=None) == []
+
+
+def test_experiment_file_that_is_not_utf8_exits_2_naming_the_place(tmp_path, mlflow_tmp):
+    """A Latin-1 byte in the file: plan and run exit 2 with the line, the column and the byte,
+    not a UnicodeDecodeError traceback."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: caf\xe9\nbackbone: resnet18\n")
+    for command in ("plan", "run"):
+        code, out, err = cli(command, str(path), "--workdir", str(tmp_path / "runs"))
+        assert code == 2 and out == ""
+        assert "line 1, column 10: byte 0xe9 is not UTF-8" in err and "Traceback" not in err
+
+
+# -- read-only commands -------------------------------------------------------------------------
+def test_plan_in_an_empty_folder_creates_nothing(tmp_path, monkeypatch):
+    """plan with the default store (./mlflow.db) in an empty folder, and with --tracking-uri
+    naming a missing folder: exit 0, every cell pending, and the folders stay empty."""
+    path = write_experiment(tmp_path, "fresh")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, out, _ = cli("plan", str(path))
+    assert code == 0 and "1 cells, 0 done, 1 pending" in out
+    assert f"tracking: sqlite:///{empty / 'mlflow.db'}" in out
+    missing = tmp_path / "missing" / "deeper"
+    code, out, _ = cli("plan", str(path), "--tracking-uri", f"sqlite:///{missing / 'x.db'}")
+    assert code == 0 and "1 pending" in out
+    assert list(empty.iterdir()) == [] and not (tmp_path / "missing").exists()
+
+
+def test_plan_reads_a_store_that_run_may_not_write(tmp_path, mlflow_tmp, monkeypatch):
+    """A store holding a FINISHED run of the cell, in a folder that refuses new files (emulated:
+    the write probe raises PermissionError, since root may write anywhere): run exits 2 'not
+    writable', plan exits 0 and shows the cell done — plan never asks for write access."""
+    import tempfile
+
+    from suite.config import load_experiment
+    from suite.tracking import Tracker
+
+    path = write_experiment(tmp_path, "copied")
+    (the_cell,) = load_experiment(path).cells()
+    Tracker(mlflow_tmp, "copied").start_cell(the_cell).finish()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
+    code, _, err = cli("run", str(path), "--workdir", str(tmp_path / "runs"))
+    assert code == 2 and "not writable" in err
+    code, out, _ = cli("plan", str(path))
+    assert code == 0 and "1 cells, 1 done, 0 pending" in out
+
+
+def test_sqlite_uri_naming_a_folder_exits_2(tmp_path):
+    """--tracking-uri sqlite:///<a folder>: plan and run exit 2 naming the folder."""
+    path = write_experiment(tmp_path, "folder")
+    uri = f"sqlite:///{tmp_path}"
+    for command in ("plan", "run"):
+        code, _, err = cli(command, str(path), "--tracking-uri", uri)
+        assert code == 2 and "is a folder, not a SQLite database file" in err

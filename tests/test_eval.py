@@ -194,6 +194,30 @@ def test_knn_rejects_bad_arguments_by_name(kwargs, match):
         knn_classify(train, labels, test, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("bad", "count"), [(float("nan"), "1 NaN, 0 inf"), (float("inf"), "0 NaN, 1 inf"), (3e19, "")]
+)
+@pytest.mark.parametrize("which", ["train", "test"])
+def test_knn_and_linear_probe_refuse_diverged_features(bad, count, which):
+    """One NaN, inf or |x| >= 2**64 entry in the train or test features: knn_accuracy and
+    linear_probe raise ValueError naming the argument and the counts instead of scoring."""
+    train, labels, test, test_labels = random_problem(seed=9)
+    target = train if which == "train" else test
+    target[3, 2] = bad
+    with pytest.raises(ValueError, match=f"{which}_features: features are not usable") as err:
+        knn_accuracy(train, labels, test, test_labels, k=5)
+    assert count in str(err.value) and "2**64" in str(err.value)
+    with pytest.raises(ValueError, match=f"{which}_x: features are not usable"):
+        linear_probe(train, labels, test, test_labels, num_classes=7, epochs=1)
+
+
+def test_probes_accept_large_but_sane_features():
+    """Features scaled by 1e15 (below the 2**64 rule) are still probed: the rule is not a
+    tuning knob that rejects unusual but valid scales."""
+    train, labels, test, test_labels = random_problem(seed=10)
+    assert 0 <= knn_accuracy(train * 1e15, labels, test * 1e15, test_labels, k=5)["top1"] <= 1
+
+
 def test_topk_accuracy_by_hand():
     """Rows: label ranked 1st, 2nd, 3rd → top1 = 1/3, top2 = 2/3, top3 = 1."""
     scores = torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])

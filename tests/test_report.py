@@ -98,7 +98,7 @@ def test_markdown_shows_verdicts_floors_and_provenance(reported):
     assert "| local/momentum >= local/local - 100 |" in md
     assert "## Not reproduced" in md and "- impossible: outside ≥ 101.00." in md
     table = md.split("## Every configuration beside its random-init floor")[1]
-    assert re.search(r"\| byol local/local \| 1/1 \| [\d.]+ \| [\d.]+ \|", table), table
+    assert re.search(r"\| local/local \| 1/1 \| [\d.]+ \| [\d.]+ \|", table), table
     assert "kNN floor %" in table
     for what in ("report command", "runs: git commit", "runs: torch", "runs: device"):
         assert f"| {what} |" in md

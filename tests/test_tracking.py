@@ -8,6 +8,9 @@ import multiprocessing as mp
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,15 +111,79 @@ def test_check_tracking_server_health_status(status, ok):
 
 
 def test_check_tracking_sqlite_folder(tmp_path):
-    """A writable (even missing) folder passes; a folder that is a file raises; so does file:."""
-    check_tracking(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")
-    assert (tmp_path / "new").is_dir()
+    """A writable (even missing) folder passes without being created; a folder that is a file
+    raises; so does file:."""
+    check_tracking(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'mlflow.db'}")
+    assert sorted(tmp_path.iterdir()) == []  # nothing created, no probe file left
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(TrackingError, match="not writable"):
         check_tracking(f"sqlite:///{blocker / 'mlflow.db'}")
     with pytest.raises(TrackingError, match="file store"):
         check_tracking(f"file://{tmp_path / 'mlruns'}")
+
+
+def test_sqlite_uri_naming_a_folder_fails_at_once(tmp_path):
+    """A sqlite URI whose path is a folder: check_tracking (to write and to read), read_runs,
+    metric_history and open_client raise TrackingError saying so, each in well under a second
+    (MLflow alone retries the connection for about 100 s)."""
+    from suite.tracking import metric_history
+    from suite.tracking.store import open_client
+
+    uri = f"sqlite:///{tmp_path}"
+    calls = [
+        lambda: check_tracking(uri),
+        lambda: check_tracking(uri, write=False),
+        lambda: read_runs(uri, EXPERIMENT),
+        lambda: metric_history(uri, "run", "loss"),
+        lambda: open_client(uri),
+    ]
+    for call in calls:
+        start = time.monotonic()
+        with pytest.raises(TrackingError, match="is a folder, not a SQLite database file"):
+            call()
+        assert time.monotonic() - start < 1.0
+
+
+def test_reading_a_missing_store_creates_nothing(tmp_path):
+    """read_runs and metric_history on a SQLite store that does not exist (in a folder that does
+    not exist either) return [] and create neither the folder nor the file."""
+    from suite.tracking import metric_history
+
+    uri = f"sqlite:///{tmp_path / 'absent' / 'mlflow.db'}"
+    assert read_runs(uri, EXPERIMENT, status=None) == []
+    assert metric_history(uri, "0123", "train/loss") == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reader_opens_the_store_read_only_and_writes_nothing(store, tmp_path):
+    """read_runs and metric_history read a store whose file is mode 444 in a folder of mode 555,
+    and leave its bytes unchanged; the reader's connection is SQLite read-only (a write through
+    it fails), which is what makes a really read-only store readable. (Run as root, the chmod
+    alone restricts nothing; the read-only connection is then what this test shows.)"""
+    from suite.tracking import metric_history
+    from suite.tracking.store import open_reader
+
+    with Tracker(store, EXPERIMENT).start_cell(cell(seed=7)) as run:
+        run.log_metrics({"train/loss": 0.5}, step=3)
+    db = Path(store.removeprefix("sqlite:///"))
+    before = db.read_bytes()
+    db.chmod(0o444)
+    db.parent.chmod(0o555)
+    try:
+        (row,) = read_runs(store, EXPERIMENT)
+        assert row["cell_id"] == cell(seed=7).cell_id
+        assert metric_history(store, row["run_id"], "train/loss") == [(3, 0.5)]
+        reader = open_reader(store)
+        with pytest.raises(Exception, match="readonly database"):
+            reader.create_experiment("not-allowed")
+    finally:
+        db.parent.chmod(0o755)
+        db.chmod(0o644)
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in db.parent.iterdir() if p.name.startswith("mlflow.db")) == [
+        "mlflow.db"
+    ]
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
@@ -128,6 +195,56 @@ def test_check_tracking_read_only_folder_raises(tmp_path):
     with pytest.raises(TrackingError, match="not writable") as err:
         check_tracking(uri)
     assert uri in str(err.value)
+
+
+# -- where artifacts go, and what reaches the terminal -------------------------------------------
+def test_default_artifact_root_rule(tmp_path, monkeypatch):
+    """$BNSUITE_ARTIFACT_ROOT first; else beside a SQLite store; a server keeps its own (None);
+    another database: <workdir>/mlruns."""
+    from suite.tracking.tracker import default_artifact_root
+
+    monkeypatch.delenv("BNSUITE_ARTIFACT_ROOT", raising=False)
+    db = tmp_path / "store" / "mlflow.db"
+    assert default_artifact_root(f"sqlite:///{db}") == str(tmp_path / "store" / "mlruns")
+    assert default_artifact_root("http://tracking:5000", tmp_path) is None
+    pg = "postgresql://u@host/db"
+    assert default_artifact_root(pg, tmp_path / "runs") == str(tmp_path / "runs" / "mlruns")
+    monkeypatch.setenv("BNSUITE_ARTIFACT_ROOT", str(tmp_path / "env"))
+    assert default_artifact_root(f"sqlite:///{db}") == str(tmp_path / "env")
+
+
+def test_artifacts_go_beside_the_sqlite_store_not_into_the_working_directory(
+    tmp_path, template_db, monkeypatch
+):
+    """Without $BNSUITE_ARTIFACT_ROOT, a cell run's artifacts (config.json) land in
+    <store folder>/mlruns/<experiment>/, and the working directory stays empty."""
+    monkeypatch.delenv("BNSUITE_ARTIFACT_ROOT", raising=False)
+    store_dir, cwd = tmp_path / "store", tmp_path / "cwd"
+    store_dir.mkdir()
+    cwd.mkdir()
+    shutil.copy(template_db, store_dir / "mlflow.db")
+    monkeypatch.chdir(cwd)
+    with Tracker(f"sqlite:///{store_dir / 'mlflow.db'}", "beside").start_cell(cell()) as run:
+        uri = run.artifact_uri
+    assert uri.startswith((store_dir / "mlruns" / "beside").as_uri())
+    assert list((store_dir / "mlruns" / "beside").rglob("config.json"))
+    assert list(cwd.iterdir()) == []
+
+
+def test_opening_a_new_store_keeps_mlflow_info_lines_off_the_terminal(tmp_path):
+    """Creating a fresh SQLite store (MLflow's migrations) prints nothing on stdout or stderr:
+    no "Creating initial MLflow database tables" line."""
+    code = (
+        "from suite.tracking.store import open_client; "
+        f"open_client('sqlite:///{tmp_path / 'new.db'}')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "new.db").exists()
+    assert "Creating initial MLflow database tables" not in result.stderr
+    assert result.stdout == "" and "INFO" not in result.stderr
 
 
 # -- pure helpers ---------------------------------------------------------------------------------

@@ -8,7 +8,14 @@ import torch
 from distributed import run_gloo
 
 from suite.cell import CellConfig, DataConfig, EvalConfig, MethodConfig, OptimConfig
-from suite.train import TrainingDiverged, build_optimizer, build_scheduler, train_cell
+from suite.train import (
+    CheckpointError,
+    TrainingDiverged,
+    build_cell_data,
+    build_optimizer,
+    build_scheduler,
+    train_cell,
+)
 
 
 def tiny_cell(**overrides) -> CellConfig:
@@ -77,10 +84,81 @@ def test_deterministic_with_a_seed_and_resume_is_bit_identical(tmp_path):
 
 
 def test_non_finite_loss_stops_the_cell(tmp_path):
-    """An exploding learning rate gives a non-finite loss: TrainingDiverged names the step."""
-    cell = tiny_cell(optim=OptimConfig(lr_per_256=1e30, warmup_epochs=0), max_steps=8)
+    """An exploding learning rate gives a non-finite loss: TrainingDiverged names the step (the
+    state checks at logging/checkpoint steps are moved out of the way: the loss check is per
+    step)."""
+    cell = tiny_cell(
+        optim=OptimConfig(lr_per_256=1e30, warmup_epochs=0),
+        max_steps=8,
+        log_every=100,
+        checkpoint_every=100,
+    )
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf|-inf) at step \d"):
         train_cell(cell, device="cpu", workdir=tmp_path, evaluate=False)
+
+
+def test_exploding_weights_under_a_bounded_loss_stop_the_cell_unsaved(tmp_path):
+    """lr_per_256 = 1e6: BYOL's loss stays finite (it is bounded) while the weights and BN
+    statistics explode. The check at the logging/checkpoint step 5 raises TrainingDiverged naming
+    the step and the tensor, before the checkpoint of that step is written."""
+    cell = tiny_cell(
+        optim=OptimConfig(lr_per_256=1e6, warmup_epochs=0),
+        max_steps=5,
+        log_every=5,
+        checkpoint_every=5,
+    )
+    losses = []
+    with pytest.raises(TrainingDiverged) as err:
+        train_cell(
+            cell,
+            device="cpu",
+            workdir=tmp_path,
+            progress=lambda s, t, logs: losses.append(logs["loss"]),
+        )
+    assert len(losses) == 5 and all(math.isfinite(v) for v in losses)  # the loss never told
+    message = str(err.value)
+    assert message.startswith("at step 5: ")
+    assert "is diverged" in message and "2**64" in message
+    tensor = message.removeprefix("at step 5: ").split()[0]
+    assert tensor.startswith(("student.", "teacher.")), tensor
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_evaluation_refuses_diverged_features(tmp_path):
+    """An evaluated encoder whose parameters are finite but whose features are NaN: evaluate_cell
+    raises TrainingDiverged naming the encoder and the split, instead of reporting accuracies."""
+    from suite.probe import evaluate_cell
+
+    class NaNFeatures(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 4), float("nan"))
+
+    class Method:
+        def encoder(self, which):
+            return NaNFeatures()
+
+    cell = tiny_cell()
+    data = build_cell_data(cell, torch.device("cpu"))
+    with pytest.raises(TrainingDiverged, match="the student's train features are diverged"):
+        evaluate_cell(cell, Method(), data, torch.device("cpu"), False)
+
+
+def test_corrupt_checkpoint_fails_once_naming_the_file_then_the_cell_restarts(tmp_path):
+    """A checkpoint torch cannot read: CheckpointError names the file and says to run again; the
+    cell's checkpoint files (every rank's) are moved aside, so the next run starts at step 0."""
+    cell = tiny_cell(max_steps=2)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "checkpoint.rank1.pt").write_bytes(b"left by rank 1")
+    with pytest.raises(CheckpointError) as err:
+        train_cell(cell, device="cpu", workdir=tmp_path, evaluate=False)
+    message = str(err.value)
+    assert str(tmp_path / "checkpoint.pt") in message and "Run the same command again" in message
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert not (tmp_path / "checkpoint.rank1.pt").exists()
+    moved = sorted(p.name for p in tmp_path.glob("*.corrupt-*"))
+    assert [m.split(".corrupt-")[0] for m in moved] == ["checkpoint.pt", "checkpoint.rank1.pt"]
+    again = train_cell(cell, device="cpu", workdir=tmp_path, evaluate=False)
+    assert again["train/resumed_at"] == 0 and again["train/steps"] == 2
 
 
 def test_metrics_of_a_finished_cell(tmp_path):

@@ -128,9 +128,21 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def parse_yaml(file: str, valid_keys: Sequence[str] = TOP_KEYS) -> dict[str, Any]:
     """The top-level mapping of a YAML file (duplicate keys rejected), or :class:`ConfigError`."""
     try:
-        text = Path(file).read_text(encoding="utf-8")
+        data = Path(file).read_bytes()
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read the file ({exc.strerror or exc})"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            [
+                f"{file}: line {line}, column {column}: byte 0x{data[exc.start]:02x} is not "
+                "UTF-8; experiment files must be UTF-8 text (re-save the file as UTF-8, e.g. "
+                f"`iconv -f latin1 -t utf-8`)"
+            ]
+        ) from None
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:

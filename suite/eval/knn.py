@@ -16,6 +16,9 @@ memory budget (:data:`DEFAULT_BLOCK_BYTES`); 50,000 train × 10,000 test × 512 
 about 100 MB for the normalised train features plus one 128 MB block. Everything runs on the device
 the features are on (CPU or CUDA). On CUDA the similarity matmul follows the caller's
 ``torch.backends.cuda.matmul.allow_tf32``: with TF32 on, rows near the k-th neighbour may swap.
+
+Features that break :mod:`suite.finite`'s rule (NaN, inf, ``|x| >= 2**64``) are refused with a
+ValueError: their normalisation is not a number, and a vote over them would still print one.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from suite.eval.features import topk_correct
+from suite.finite import check_features
 
 DEFAULT_BLOCK_BYTES = 128 * 2**20
 """Default memory budget of one similarity block (chunk × N_train elements)."""
@@ -60,6 +64,8 @@ def _check_inputs(
             f"test_features: feature width {test_features.shape[1]} differs from "
             f"train_features' {train_features.shape[1]}"
         )
+    check_features(train_features, "train_features")
+    check_features(test_features, "test_features")
     if train_features.shape[0] == 0:
         raise ValueError("train_features: empty (0 rows); kNN needs at least one train row")
     if train_labels.shape != train_features.shape[:1]:

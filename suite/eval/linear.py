@@ -23,7 +23,8 @@ reports) is recorded beside the final ``top1``.
 
 Features are cached (:func:`suite.eval.features.extract_features`): every epoch reuses them, as
 tensors indexed by a seeded permutation, without a DataLoader. On the CPU with a fixed thread
-count the result is a deterministic function of the inputs and ``seed``.
+count the result is a deterministic function of the inputs and ``seed``. Features that break
+:mod:`suite.finite`'s rule (NaN, inf, ``|x| >= 2**64``) are refused with a ValueError.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from suite.eval.features import topk_accuracy
+from suite.finite import check_features
 
 NORMALIZATIONS = ("bn", "standardize", None)
 STANDARDIZE_EPS = 1e-5
@@ -59,6 +61,8 @@ def _check(
             f"train_x/test_x: shapes {tuple(train_x.shape)} and {tuple(test_x.shape)}; "
             "expected [N, D] and [M, D] with the same D"
         )
+    check_features(train_x, "train_x")
+    check_features(test_x, "test_x")
     for name, x, y in (("train_y", train_x, train_y), ("test_y", test_x, test_y)):
         if y.shape != x.shape[:1]:
             raise ValueError(f"{name}: shape {tuple(y.shape)}; expected [{x.shape[0]}]")

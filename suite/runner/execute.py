@@ -101,6 +101,17 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def interrupted_reason(exc: BaseException) -> str:
+    """``the runner was interrupted (<why>)``: the exception's text when it has one (SIGTERM is
+    raised as ``KeyboardInterrupt("signal SIGTERM")``), else ``Ctrl-C, SIGINT`` for a bare
+    KeyboardInterrupt, else the exception's type (an exception's truth value says nothing about
+    its text, so the text itself is tested)."""
+    text = str(exc).strip()
+    if not text:
+        text = "Ctrl-C, SIGINT" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__
+    return f"the runner was interrupted ({text})"
+
+
 def _failure_reason(report: _Report, returncode: int, log: Path) -> str:
     if report.error:
         return report.error
@@ -212,7 +223,7 @@ def _run_child(
         if proc is not None:
             _stop(proc)
         with contextlib.suppress(Exception):
-            run.finish("KILLED", f"the runner was interrupted ({exc or 'SIGINT'})")
+            run.finish("KILLED", interrupted_reason(exc))
         raise
     finally:
         view.clear()

@@ -3,9 +3,11 @@
 Order (every check before any training)::
 
     load_plan     experiment file → ConfigError; tracking URI → TrackingError; the store's
-                  FINISHED runs → which cells of this shard are pending
+                  FINISHED runs → which cells of this shard are pending (read-only: creates
+                  nothing, so ``plan`` works on a missing or read-only store)
     prepare       each distinct dataset of the pending cells → DataError; the device (and GPUs
-                  for multi-process cells) → PreflightError; the MLflow experiment → TrackingError
+                  for multi-process cells) → PreflightError; only then the store and the MLflow
+                  experiment are created → TrackingError (a data error leaves no empty store)
     run_plan      per pending cell: lock, start run, child process, record (suite.runner.execute)
 
 A failed cell does not stop the matrix; :attr:`RunReport.exit_code` is 1 when any cell failed.
@@ -46,8 +48,10 @@ def load_plan(
     data_root: str | None = None,
     shard: Shard | None = None,
     seeds: Sequence[int] | None = None,
+    write: bool = True,
 ) -> Plan:
-    """Validate the experiment file, resolve and check the tracking store, read what is done.
+    """Validate the experiment file, resolve and check the tracking store (for writing, unless
+    ``write`` is False), read what is done. Creates nothing.
 
     ``seeds`` replaces the file's seeds (see :func:`suite.config.load_experiment`)."""
     from suite.config import load_experiment
@@ -55,7 +59,7 @@ def load_plan(
 
     experiment = load_experiment(path, data_root=data_root, seeds=seeds)
     uri = resolve_tracking_uri(tracking_uri)
-    check_tracking(uri)
+    check_tracking(uri, write=write)
     return build_plan(experiment, uri, shard)
 
 
@@ -76,8 +80,12 @@ def check_device(device: str, nproc: int) -> None:
         )
 
 
-def prepare(plan: Plan, device: str) -> Tracker | None:
-    """The checks of the module docstring; the tracker, or None when nothing is pending."""
+def prepare(plan: Plan, device: str, *, workdir: str | Path | None = None) -> Tracker | None:
+    """The checks of the module docstring; the tracker, or None when nothing is pending.
+
+    Artifacts of a newly created MLflow experiment go beside a SQLite store, or under
+    ``<workdir>/mlruns`` for other databases (:func:`suite.tracking.tracker.default_artifact_root`).
+    """
     from suite.data import check_dataset
     from suite.tracking import Tracker
 
@@ -87,7 +95,7 @@ def prepare(plan: Plan, device: str) -> Tracker | None:
     for name, root in dict.fromkeys((c.cell.data.name, c.cell.data.root) for c in pending):
         check_dataset(name, root)
     check_device(device, max(c.cell.nproc for c in pending))
-    return Tracker(plan.tracking_uri, plan.name)
+    return Tracker(plan.tracking_uri, plan.name, workdir=workdir)
 
 
 @dataclass

@@ -4,12 +4,12 @@
 
     uri = resolve_tracking_uri(args.tracking_uri)   # flag > $MLFLOW_TRACKING_URI > sqlite:///<cwd>/mlflow.db
     check_tracking(uri)                             # TrackingError before any training
-    tracker = Tracker(uri, experiment.name)         # artifacts under $BNSUITE_ARTIFACT_ROOT if set
+    tracker = Tracker(uri, experiment.name)         # artifacts beside a SQLite store
     todo = [c for c in cells if c.cell_id not in tracker.finished_cell_ids()]
     with tracker.start_cell(cell) as run:           # exception → FAILED + suite.failure, re-raised
         run.log_metrics({"train/loss": 1.2}, step=10)
         run.log_dict(summary, "summary.json")
-    rows = read_runs(uri, experiment.name)          # FINISHED runs as dicts, for check and report
+    rows = read_runs(uri, experiment.name)          # FINISHED runs as dicts; read-only
 
 Several processes may share one SQLite store: writes are batched and retried while the database
 is locked, and the first open of a new database is serialised (``suite.tracking.store``).

@@ -1,11 +1,16 @@
-"""Reading cell runs back, for ``bnsuite check`` and ``bnsuite report`` (no pandas needed)."""
+"""Reading cell runs back, for ``bnsuite plan``, ``check`` and ``report`` (no pandas needed).
+
+Reading never writes (:func:`suite.tracking.store.open_reader`): a SQLite store that does not
+exist gives ``[]`` and is not created; a store in a read-only folder, or a read-only file, is read.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from suite.tracking.store import open_client, quote, search_all, with_retry
+from suite.tracking.store import open_reader, quote, search_all, with_retry
 from suite.tracking.tracker import CELL_TAG, EXPERIMENT_TAG
+from suite.tracking.uri import TrackingError
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -38,17 +43,23 @@ def read_runs(
 
     Keys: ``run_id, run_name, status, cell_id, experiment, params`` (dotted keys, string values as
     logged), ``metrics`` (last value of each), ``tags, start_time, end_time`` (ms since the epoch;
-    ``end_time`` None while running) and ``artifact_uri``. A missing experiment gives ``[]``.
+    ``end_time`` None while running) and ``artifact_uri``. A missing experiment, or a SQLite
+    store that does not exist, gives ``[]``; nothing is written (module docstring).
     """
     if status is not None and status not in RUN_STATUSES:
         valid = ", ".join(RUN_STATUSES)
         raise ValueError(f"run status {status!r} is invalid; valid: {valid} or None")
-    client = open_client(uri)
-    exp = with_retry(client.get_experiment_by_name, experiment)
-    if exp is None:
-        return []
     where = f"attributes.status = {quote(status)}" if status else ""
-    runs = search_all(client, exp.experiment_id, where, order_by=["attributes.start_time ASC"])
+    client = open_reader(uri)
+    if client is None:
+        return []
+    try:
+        exp = with_retry(client.get_experiment_by_name, experiment)
+        if exp is None:
+            return []
+        runs = search_all(client, exp.experiment_id, where, order_by=["attributes.start_time ASC"])
+    except Exception as exc:
+        raise TrackingError(f"cannot read the MLflow tracking store {uri}: {exc}") from exc
     return [_row(r) for r in runs]
 
 
@@ -77,7 +88,10 @@ def to_table(rows: list[dict[str, Any]], columns: list[str]) -> list[list[Any]]:
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    """Every ``(step, value)`` logged for metric ``key`` of run ``run_id``, ordered by step."""
-    client = open_client(uri)
+    """Every ``(step, value)`` logged for metric ``key`` of run ``run_id``, ordered by step;
+    ``[]`` for a SQLite store that does not exist (nothing is written)."""
+    client = open_reader(uri)
+    if client is None:
+        return []
     history = with_retry(client.get_metric_history, run_id, key)
     return sorted((m.step, m.value) for m in history)

@@ -10,6 +10,13 @@ Matrix shards on one host may share one SQLite file. Two things can go wrong the
   database's folder (after the slow imports, so only the schema check/migration is serial).
 
 A retried call either committed nothing (the lock error aborts its transaction) or is idempotent.
+
+Reading (:func:`open_reader`, for ``plan``, ``check`` and ``report``) never writes: a SQLite store
+that does not exist is "no runs yet" (nothing is created), and an existing one is opened through
+SQLite's read-only mode (``file:…?mode=ro``), so a store in a read-only folder or a read-only copy
+can be inspected. A SQLite path that is a folder fails at once (MLflow would retry for minutes).
+MLflow's INFO chatter while a store is opened ("Creating initial MLflow database tables") is kept
+out of the user's terminal; its warnings still show.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import logging
 import os
 import random
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from suite.tracking.uri import TrackingError, sqlite_path
@@ -99,19 +108,89 @@ def _init_lock(uri: str, wait_s: float = RETRY_DEADLINE_S) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+@contextlib.contextmanager
+def _quiet(*names: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Raise the named loggers to ``level`` inside the block (their previous levels are restored):
+    library INFO lines stay out of the user's terminal, warnings and errors do not."""
+    loggers = [logging.getLogger(name) for name in names]
+    previous = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(level, lg.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for lg, old in zip(loggers, previous, strict=True):
+            lg.setLevel(old)
+
+
+def _refuse_folder(uri: str) -> None:
+    """TrackingError at once when the SQLite path of ``uri`` is a folder."""
+    path = sqlite_path(uri)
+    if path is not None and path.is_dir():
+        raise TrackingError(
+            f"tracking URI {uri}: {path.absolute()} is a folder, not a SQLite database file; "
+            f"name a file in it, e.g. sqlite:///{path.absolute() / 'mlflow.db'}"
+        )
+
+
 def open_client(uri: str) -> MlflowClient:
-    """An ``MlflowClient`` on ``uri`` whose store (and schema) exists; errors → TrackingError."""
+    """An ``MlflowClient`` on ``uri`` whose store (and schema) exists, created when missing;
+    errors → TrackingError."""
+    _refuse_folder(uri)  # before the (slow) MLflow import: fail at once
     from mlflow import MlflowClient
 
     if sqlite_path(uri) is not None:
         # importing the SQL store takes seconds: do it before the lock, in parallel
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
-    with _init_lock(uri):
+    with _init_lock(uri), _quiet("mlflow", "alembic"):
         try:
             return with_retry(MlflowClient, tracking_uri=uri)
         except Exception as exc:
             raise TrackingError(f"cannot open the MLflow tracking store {uri}: {exc}") from exc
+
+
+def read_only_uri(path: os.PathLike[str] | str) -> str:
+    """The SQLAlchemy URI that opens the SQLite file ``path`` through SQLite's read-only mode."""
+    absolute = urllib.parse.quote(str(Path(path).absolute()))
+    return f"sqlite:///file:{absolute}?mode=ro&uri=true"
+
+
+def _read_only_sqlite_client(path: Path) -> MlflowClient:
+    """An ``MlflowClient`` whose engine opens ``path`` read-only (SQLite ``mode=ro``).
+
+    The engine is made here and registered in MLflow's engine cache under its URI, so that MLflow
+    neither creates folders from the path (it would read ``file:/…`` as a relative folder) nor
+    retries the connection for minutes; any write through it fails ("attempt to write a readonly
+    database").
+    """
+    from mlflow import MlflowClient
+    from mlflow.store.db.utils import create_sqlalchemy_engine
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    uri = read_only_uri(path)
+    engines = getattr(SqlAlchemyStore, "_engine_map", None)
+    if isinstance(engines, dict) and uri not in engines:
+        engines[uri] = create_sqlalchemy_engine(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def open_reader(uri: str) -> MlflowClient | None:
+    """A client that only reads ``uri`` (module docstring); None for a SQLite store that does not
+    exist yet or is an empty file (no runs). Errors → TrackingError."""
+    _refuse_folder(uri)
+    path = sqlite_path(uri)
+    if path is not None and (not path.exists() or path.stat().st_size == 0):
+        return None
+    try:
+        with _quiet("mlflow", "alembic"):
+            if path is not None:
+                return _read_only_sqlite_client(path)
+            from mlflow import MlflowClient
+
+            return with_retry(MlflowClient, tracking_uri=uri)
+    except Exception as exc:
+        raise TrackingError(f"cannot read the MLflow tracking store {uri}: {exc}") from exc
 
 
 def search_all(

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from suite.tracking.env import environment_tags
 from suite.tracking.run import FAILURE_TAG, MAX_TAG_CHARS, CellRun, param_value
 from suite.tracking.store import open_client, quote, search_all, with_retry
-from suite.tracking.uri import TrackingError
+from suite.tracking.uri import TrackingError, sqlite_path
 
 if TYPE_CHECKING:
     from suite.cell import CellConfig
@@ -37,11 +38,33 @@ def run_name(cell: CellConfig) -> str:
     )
 
 
-def artifact_location(experiment: str, artifact_root: str | None = None) -> str | None:
-    """``<root>/<experiment>`` as a file URI with root = ``artifact_root`` or
-    ``$BNSUITE_ARTIFACT_ROOT``; ``None`` (MLflow's default) when neither is set. A root that
+def default_artifact_root(uri: str, workdir: str | os.PathLike[str] | None = None) -> str | None:
+    """Where the artifacts of a new experiment at ``uri`` go — the first rule that applies:
+
+    1. ``$BNSUITE_ARTIFACT_ROOT``;
+    2. a SQLite store: ``<folder of the database>/mlruns``, beside the store they are recorded in;
+    3. a tracking server (http, https, databricks): None — the server's own artifact store;
+    4. any other database (postgresql, mysql …): ``<workdir>/mlruns`` when ``workdir`` is given,
+       else None (MLflow's default, ``./mlruns`` in the working directory).
+
+    Never the working directory merely because the command was started there.
+    """
+    root = os.environ.get(ARTIFACT_ROOT_ENV)
+    if root:
+        return root
+    path = sqlite_path(uri)
+    if path is not None:
+        return str(path.absolute().parent / "mlruns")
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    if scheme in ("http", "https", "databricks") or workdir is None:
+        return None
+    return str(Path(workdir).absolute() / "mlruns")
+
+
+def artifact_location(experiment: str, root: str | None) -> str | None:
+    """``<root>/<experiment>`` as a file URI (the experiment name with characters other than
+    letters, digits, ``.``, ``-``, ``_`` replaced); ``None`` when ``root`` is None. A root that
     already is a URI (``s3://…``) is joined with '/'."""
-    root = artifact_root or os.environ.get(ARTIFACT_ROOT_ENV)
     if not root:
         return None
     safe = re.sub(r"[^\w.-]+", "_", experiment).strip("._") or "experiment"
@@ -53,9 +76,10 @@ def artifact_location(experiment: str, artifact_root: str | None = None) -> str 
 class Tracker:
     """Get-or-create the MLflow experiment ``experiment`` at ``uri`` and open cell runs in it.
 
-    The artifact location (``artifact_location``) applies when this call creates the experiment;
-    an existing experiment keeps its own. Two processes creating the experiment at once both end
-    up with the same experiment id.
+    Artifacts go to ``<root>/<experiment>`` with root = ``artifact_root`` if given, else
+    :func:`default_artifact_root` of ``uri`` and ``workdir`` (beside a SQLite store). The
+    location applies when this call creates the experiment; an existing experiment keeps its
+    own. Two processes creating the experiment at once both end up with the same experiment id.
     """
 
     def __init__(
@@ -64,13 +88,15 @@ class Tracker:
         experiment: str,
         artifact_root: str | None = None,
         *,
+        workdir: str | os.PathLike[str] | None = None,
         flush_every_s: float = 5.0,
     ) -> None:
         self.uri = uri
         self.experiment = experiment
         self.flush_every_s = flush_every_s
         self._client = open_client(uri)
-        self.experiment_id = self._get_or_create(artifact_location(experiment, artifact_root))
+        root = artifact_root or default_artifact_root(uri, workdir)
+        self.experiment_id = self._get_or_create(artifact_location(experiment, root))
 
     def _get_or_create(self, location: str | None) -> str:
         from mlflow.exceptions import MlflowException
@@ -149,4 +175,12 @@ class Tracker:
         return f"Tracker(uri={self.uri!r}, experiment={self.experiment!r}, id={self.experiment_id})"
 
 
-__all__ = ["CELL_TAG", "FAILURE_TAG", "CellRun", "Tracker", "artifact_location", "run_name"]
+__all__ = [
+    "CELL_TAG",
+    "FAILURE_TAG",
+    "CellRun",
+    "Tracker",
+    "artifact_location",
+    "default_artifact_root",
+    "run_name",
+]

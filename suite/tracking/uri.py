@@ -87,28 +87,51 @@ def _check_server(uri: str, timeout_s: float) -> None:
     )
 
 
-def _check_sqlite(uri: str, path: Path) -> None:
-    """The folder of the database must exist (or be creatable) and accept a new file."""
-    folder = path.absolute().parent
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_sqlite(uri: str, path: Path, *, write: bool) -> None:
+    """The database must not be a folder; to write, the closest existing ancestor of its folder
+    must be a folder that accepts a new file (probed with a temporary file, removed at once).
+    Nothing is created: MLflow creates the folders and the file when the store is first opened
+    for writing."""
+    path = path.absolute()
+    if path.is_dir():
+        raise TrackingError(
+            f"tracking URI {uri}: {path} is a folder, not a SQLite database file; name a file "
+            f"in it, e.g. --tracking-uri sqlite:///{path / DEFAULT_DB}"
+        )
+    if not write:
+        return  # a missing file means "no runs yet"; a read-only one is fine to read
+    folder = _nearest_existing(path.parent)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file, not a folder")
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".bnsuite-probe-"):
             pass
         if path.exists() and not os.access(path, os.W_OK):
             raise PermissionError(f"{path} is read-only")
     except OSError as exc:
         raise TrackingError(
-            f"tracking URI {uri}: the SQLite folder {folder} is not writable ({exc}). Choose "
-            "another --tracking-uri (e.g. sqlite:///$HOME/mlflow.db) or fix the permissions."
+            f"tracking URI {uri}: the SQLite folder {path.parent} is not writable ({exc}). "
+            "Choose another --tracking-uri (e.g. sqlite:///$HOME/mlflow.db) or fix the "
+            "permissions."
         ) from exc
 
 
-def check_tracking(uri: str, *, timeout_s: float = 3.0) -> None:
-    """Fail fast, before any training, when runs could not be recorded at ``uri``.
+def check_tracking(uri: str, *, timeout_s: float = 3.0, write: bool = True) -> None:
+    """Fail fast, before any training, when runs could not be recorded (``write``) or read at
+    ``uri``; creates nothing.
 
-    http(s): the server answers within ``timeout_s``; sqlite: its folder is writable; file or a
-    bare path: refused (MLflow >= 3 rejects the file store unless MLFLOW_ALLOW_FILE_STORE=true).
-    Other schemes (postgresql, mysql, databricks) are left to MLflow.
+    http(s): the server answers within ``timeout_s``; sqlite: the path is not a folder and, to
+    write, its folder (or the closest existing ancestor) accepts a new file — to read, a missing
+    file is fine (no runs yet) and so is a read-only one; file or a bare path: refused (MLflow
+    >= 3 rejects the file store unless MLFLOW_ALLOW_FILE_STORE=true). Other schemes
+    (postgresql, mysql, databricks) are left to MLflow.
     """
     scheme = _scheme(uri)
     if scheme in ("http", "https"):
@@ -116,7 +139,7 @@ def check_tracking(uri: str, *, timeout_s: float = 3.0) -> None:
     elif scheme.startswith("sqlite"):
         path = sqlite_path(uri)
         if path is not None:
-            _check_sqlite(uri, path)
+            _check_sqlite(uri, path, write=write)
     elif scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in (
         "1",
         "true",
