@@ -45,10 +45,18 @@ def reported(tmp_path_factory):
         "metric": "knn/top1",
         "unit": "percent",
         "entries": [
-            {"name": "momentum teacher", "match": {"teacher_bn": "momentum", "batch_size": 32},
-             "expected": 50.0, "tolerance": 100.0, "source": "made up for the test"},
-            {"name": "impossible", "match": {"teacher_bn": "local", "batch_size": 16},
-             "min": 101.0},
+            {
+                "name": "momentum teacher",
+                "match": {"teacher_bn": "momentum", "batch_size": 32},
+                "expected": 50.0,
+                "tolerance": 100.0,
+                "source": "made up for the test",
+            },
+            {
+                "name": "impossible",
+                "match": {"teacher_bn": "local", "batch_size": 16},
+                "min": 101.0,
+            },
         ],
         "relations": ["local/momentum >= local/local - 100"],
     }
@@ -63,11 +71,25 @@ def test_report_writes_markdown_html_and_the_plots(reported):
     code, stdout, err, out = reported
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["accuracy.png", "batch.png", "index.html", "loss.png", "report.md",
-                     "throughput.png"]
-    assert stdout.split() == [str(out / n) for n in
-                              ["report.md", "index.html", "accuracy.png", "batch.png",
-                               "throughput.png", "loss.png"]]
+    assert names == [
+        "accuracy.png",
+        "batch.png",
+        "index.html",
+        "loss.png",
+        "report.md",
+        "throughput.png",
+    ]
+    assert stdout.split() == [
+        str(out / n)
+        for n in [
+            "report.md",
+            "index.html",
+            "accuracy.png",
+            "batch.png",
+            "throughput.png",
+            "loss.png",
+        ]
+    ]
 
 
 def test_report_pngs_are_real_images_with_pixels(reported):
