@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from suite.views import ViewSpec
+
 STRATEGIES = ("local", "sync", "momentum", "shuffle")
 METHODS = ("byol", "mocov2", "m2t")
 OPTIMIZERS = ("sgd", "lars")
@@ -33,7 +35,16 @@ class DataConfig:
     root: str | None = None
     image_size: int = 32
     num_workers: int = 2
-    blur: bool | None = None  # Gaussian blur in the views; None: only above 64 px
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    """The two views' distributions. ``load_experiment`` always resolves both (method recipe <
+    small-image blur rule < dataset default < file, :func:`suite.views.resolve_views`), so params
+    and the cell id hold what runs; ``None`` (cells built in code): that resolution at run time."""
+
+    view1: ViewSpec | None = None
+    view2: ViewSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,7 @@ class CellConfig:
 
     experiment: str = "adhoc"
     data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
     backbone: str = "resnet18"
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -150,6 +162,12 @@ class CellConfig:
         for key, typ in sub.items():
             if key in kwargs and isinstance(kwargs[key], dict):
                 kwargs[key] = typ(**kwargs[key])
+        if isinstance(kwargs.get("aug"), dict):
+            views = {
+                k: ViewSpec.from_dict(v) if isinstance(v, dict) else v
+                for k, v in kwargs["aug"].items()
+            }
+            kwargs["aug"] = AugConfig(**views)
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> CellConfig:

@@ -166,21 +166,23 @@ def build_scheduler(cell: CellConfig, optimizer, total_steps: int, steps_per_epo
 
 
 def build_cell_data(cell: CellConfig, device: torch.device, dinfo: runtime.Dist | None = None):
-    """The cell's dataset with its method's two-view augmentation (checks the data first); under
+    """The cell's dataset with its two views (:func:`suite.views.cell_views`: the file's resolved
+    views, else its method's recipe and the dataset's defaults), the data checked first; under
     DDP, each process gets its own part of every global batch."""
     dinfo = dinfo or runtime.Dist()
     from suite.data import build_data
+    from suite.views import aug_kind, cell_views
 
     return build_data(
         cell.data.name,
         root=cell.data.root,
         image_size=cell.data.image_size,
-        aug="mocov2" if cell.method.name == "mocov2" else "byol",
+        aug=aug_kind(cell.method.name),
         batch_size=cell.batch_size,
         device=device,
         num_workers=cell.data.num_workers,
         seed=cell.seed,
-        blur=cell.data.blur,
+        specs=cell_views(cell),
         rank=dinfo.rank,
         world=dinfo.world,
     )

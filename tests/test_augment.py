@@ -19,7 +19,10 @@ IDENTITY = ViewSpec(
     scale=(1.0, 1.0),
     ratio=(1.0, 1.0),
     flip_p=0.0,
-    jitter=(0.0, 0.0, 0.0, 0.0),
+    brightness=0.0,
+    contrast=0.0,
+    saturation=0.0,
+    hue=0.0,
     jitter_p=0.0,
     gray_p=0.0,
 )

@@ -575,3 +575,70 @@ def test_table1_has_the_papers_five_pairs_at_batch_2048_on_64_devices():
     assert {(c.batch_size, c.devices, c.backbone, c.data.root) for c in exp.cells()} == {
         (2048, 64, "resnet18", "/d/stl10")
     }
+
+
+# -- augmentation ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("aug: {flip_p: 1.5}", "aug.flip_p: 1.5 is out of range; choose a number in [0, 1]"),
+        (
+            "aug: {view2: {solarize_p: -0.1}}",
+            "aug.view2.solarize_p: -0.1 is out of range; choose a number in [0, 1]",
+        ),
+        ("aug: {hue: 0.6}", "aug.hue: 0.6 is out of range; choose a number in [0, 0.5]"),
+        ("aug: {brightness: -1}", "aug.brightness: -1 is out of range; choose a number >= 0"),
+        (
+            "aug: {scale: [0.9, 0.2]}",
+            "aug.scale: [0.9, 0.2] is decreasing; write [low, high] with low <= high, both in "
+            "(0, 1]",
+        ),
+        (
+            "aug: {view1: {scale: [0, 1]}}",
+            "aug.view1.scale: [0, 1]: 0 is out of range; choose a number in (0, 1]",
+        ),
+        ("aug: {ratio: 0.75}", "aug.ratio: 0.75 is not a [low, high] pair; write [low, high]"),
+        (
+            "aug: {blur_sigma: [0.1, x]}",
+            "aug.blur_sigma: [0.1, 'x']: 'x' is not a number; choose a number > 0",
+        ),
+        ("aug: {view1: {gray_p: true}}", "aug.view1.gray_p: True is not a number"),
+    ],
+)
+def test_bad_augmentation_value_names_field_value_and_valid_range(tmp_path, snippet, expected):
+    assert the_error(tmp_path, HEAD + NO_WARMUP + snippet + "\n").startswith(expected)
+
+
+def test_unknown_augmentation_key_suggests_and_lists_the_view_keys(tmp_path):
+    msg = the_error(tmp_path, HEAD + NO_WARMUP + "aug: {view1: {flip_prob: 0}}\n")
+    assert msg.startswith("aug.view1.flip_prob: unknown key; valid keys: scale, ratio, flip_p, ")
+    assert msg.endswith("(did you mean 'flip_p'?)")
+    msg = the_error(tmp_path, HEAD + NO_WARMUP + "aug: {view3: {}}\n")
+    assert "valid keys: scale" in msg and msg.endswith("view1, view2 (did you mean 'view2'?)")
+
+
+def test_both_views_key_and_one_view_key_for_the_same_field_in_one_mapping_is_rejected(tmp_path):
+    msg = the_error(tmp_path, HEAD + NO_WARMUP + "aug: {flip_p: 0, view2: {flip_p: 0.5}}\n")
+    assert (
+        msg == "aug.view2.flip_p: sets aug.view2.flip_p which aug.flip_p already sets; give it once"
+    )
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["dataset: {name: digits, blur: true}", "include: [{dataset: {blur: false}}]"],
+)
+def test_removed_dataset_blur_says_what_replaces_it(tmp_path, where):
+    msg = the_error(tmp_path, "name: t\n" + NO_WARMUP + where + "\n")
+    assert msg.endswith(
+        "dataset.blur: replaced by aug.blur_p (both views) or aug.view1.blur_p / aug.view2.blur_p, "
+        "probabilities in [0, 1]; by default the method's recipe, with blur off at <= 64 px"
+    )
+
+
+def test_augmentation_values_enter_the_flat_params_and_the_cell_id(tmp_path):
+    (base,) = load(tmp_path, HEAD + NO_WARMUP).cells()
+    (other,) = load(tmp_path, HEAD + NO_WARMUP + "aug: {view2: {gray_p: 0.0}}\n").cells()
+    assert base.flat()["aug.view2.gray_p"] == 0.2 and other.flat()["aug.view2.gray_p"] == 0.0
+    assert base.flat()["aug.view1.scale"] == (0.08, 1.0)
+    assert base.cell_id != other.cell_id

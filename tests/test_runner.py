@@ -16,6 +16,7 @@ cell's command with a one-line Python script.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -293,6 +294,20 @@ def test_varying_fields_are_the_axes():
     ]
     assert varying_fields(cells) == ["student_bn", "seed"]
     assert varying_fields(cells[:1]) == []
+
+
+def test_view_fields_are_axes_only_where_they_vary_within_one_method():
+    """MoCo's recipe differs from BYOL's: that shows as method.name, not as aug.* columns; a view
+    value that differs between two BYOL cells is an axis."""
+    from suite.cell import AugConfig, MethodConfig
+    from suite.views import view_specs
+
+    byol, moco = AugConfig(*view_specs("byol")), AugConfig(*view_specs("mocov2"))
+    cells = [CellConfig(aug=byol), CellConfig(method=MethodConfig("mocov2"), aug=moco)]
+    assert varying_fields(cells) == ["method.name"]
+    flipless = AugConfig(*(dataclasses.replace(v, flip_p=0.0) for v in view_specs("byol")))
+    cells.append(CellConfig(aug=flipless))
+    assert varying_fields(cells) == ["aug.view1.flip_p", "aug.view2.flip_p", "method.name"]
 
 
 def test_plan_lists_ids_axes_and_pending_without_training(tmp_path, store):

@@ -432,3 +432,21 @@ def test_concurrent_processes_share_one_fresh_sqlite_store(mlflow_tmp, tmp_path)
     assert sorted(r["cell_id"] for r in rows) == sorted(expected)
     assert {r["status"] for r in rows} == {"FINISHED"}
     assert all(r["metrics"]["train/loss"] == pytest.approx(1 / 3) for r in rows)
+
+
+def test_a_loaded_cells_views_are_recorded_as_params(store, tmp_path):
+    """Every resolved view value is an MLflow param (aug.view1.flip_p, aug.view2.scale, …)."""
+    from suite.config import load_experiment
+
+    path = tmp_path / "x.yaml"
+    path.write_text(
+        f"name: {EXPERIMENT}\ndataset: {{name: digits}}\noptimizer: {{warmup_epochs: 0}}\n"
+        "aug: {scale: [0.4, 1.0], view2: {solarize_p: 0.1}}\n"
+    )
+    (c,) = load_experiment(path, env={}).cells()
+    Tracker(store, EXPERIMENT).start_cell(c).finish()
+    (row,) = read_runs(store, EXPERIMENT)
+    params = row["params"]
+    assert params["aug.view1.scale"] == params["aug.view2.scale"] == "(0.4, 1.0)"
+    assert params["aug.view1.flip_p"] == "0.0"  # digits' default
+    assert params["aug.view2.solarize_p"] == "0.1" and params["aug.view1.solarize_p"] == "0.0"

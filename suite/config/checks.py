@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from suite.cell import ENCODERS, METHODS, OPTIMIZERS, PRECISIONS, STRATEGIES, VARIANCES
-from suite.config.errors import Invalid, choose_from, suggest
+from suite.config.errors import Invalid, choose_from, show, suggest
 
 Check = Callable[[Any], Any]
 
@@ -79,6 +79,25 @@ def number(
         if below or above:
             raise Invalid(f"{raw!r} is out of range; {want}")
         return value
+
+    return check
+
+
+def interval(lo: float, hi: float | None = None, *, lo_open: bool = False) -> Check:
+    """A ``[low, high]`` pair of numbers within the bounds with ``low <= high``, as a tuple."""
+    element = number(lo, hi, lo_open=lo_open)
+    want = f"write [low, high] with low <= high, both {_bounds(lo, hi, lo_open, False)}"
+
+    def check(value: Any) -> tuple[float, float]:
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise Invalid(f"{show(value)} is not a [low, high] pair; {want}")
+        try:
+            low, high = element(value[0]), element(value[1])
+        except Invalid as exc:
+            raise Invalid(f"{show(value)}: {exc}") from None
+        if low > high:
+            raise Invalid(f"{show(value)} is decreasing; {want}")
+        return (low, high)
 
     return check
 
@@ -158,6 +177,7 @@ def backbone(value: Any) -> str:
     return value
 
 
+probability = number(0, 1)
 strategy = choice(STRATEGIES, "a strategy")
 method_name = choice(METHODS, "a method")
 optimizer_name = choice(OPTIMIZERS, "an optimizer")

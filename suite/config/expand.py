@@ -4,7 +4,9 @@ Cells, in order: the cross product of the matrix axes (first axis slowest, axes 
 then each ``include`` entry; every one of them repeated over the top-level ``seeds`` (innermost).
 A cell's values are the merge of the file's defaults, then its matrix combination or include
 entry; ``method: m2t`` then fills ``student_bn: local`` and ``teacher_bn: momentum`` where the file
-gives no value for that cell; ``data_root`` fills ``dataset.root`` where the file gives none.
+gives no value for that cell; ``data_root`` fills ``dataset.root`` where the file gives none;
+the two views are resolved in full (:func:`resolve_aug`: method recipe < small-image blur rule <
+dataset default < the file's ``aug`` keys), so every cell carries the views it trains with.
 """
 
 from __future__ import annotations
@@ -14,11 +16,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from suite.cell import CellConfig, DataConfig, EvalConfig, MethodConfig, OptimConfig
-from suite.config.schema import INVALID, Layer, Target
+from suite.cell import AugConfig, CellConfig, DataConfig, EvalConfig, MethodConfig, OptimConfig
+from suite.config.schema import INVALID, VIEWS, Layer, Target
+from suite.views import aug_kind, dataset_view_defaults, resolve_views
 
 _DEFAULT = CellConfig()
-_SUBCONFIGS = {"data": DataConfig, "method": MethodConfig, "optim": OptimConfig, "eval": EvalConfig}
+_SUBCONFIGS = {
+    "data": DataConfig,
+    "aug": AugConfig,
+    "method": MethodConfig,
+    "optim": OptimConfig,
+    "eval": EvalConfig,
+}
 M2T_DEFAULTS = {("student_bn",): "local", ("teacher_bn",): "momentum"}
 
 
@@ -74,7 +83,32 @@ def resolve(draft: Draft, data_root: str | None) -> Layer:
             layer.setdefault(target, strategy)
     if data_root is not None:
         layer.setdefault(("data", "root"), data_root)
-    return layer
+    return resolve_aug(layer)
+
+
+def resolve_aug(layer: Layer) -> Layer:
+    """Replace the file's ``("aug", view, key)`` values by the two resolved views
+    ``("aug", "view1")``, ``("aug", "view2")`` (:class:`~suite.views.ViewSpec`): the method's
+    recipe, the small-image blur rule and the dataset's ``view_defaults``, then the file's keys;
+    ``INVALID`` when a value they depend on is invalid (that value is already reported)."""
+    out = {t: v for t, v in layer.items() if t[0] != "aug"}
+    own: dict[str, dict[str, Any]] = {view: {} for view in VIEWS}
+    for target, item in layer.items():
+        if target[0] == "aug":
+            own[target[1]][target[2]] = item
+    method, dataset, size = (
+        value(layer, t) for t in (("method", "name"), ("data", "name"), ("data", "image_size"))
+    )
+    inputs = [method, dataset, size, *(v for view in own.values() for v in view.values())]
+    if any(v is INVALID for v in inputs):
+        views: tuple[Any, Any] = (INVALID, INVALID)
+    else:
+        views = resolve_views(
+            aug_kind(method), size, dataset_view_defaults(dataset), own["view1"], own["view2"]
+        )
+    for view, spec in zip(VIEWS, views, strict=True):
+        out[("aug", view)] = spec
+    return out
 
 
 def value(layer: Layer, target: Target) -> Any:

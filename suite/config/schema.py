@@ -8,6 +8,7 @@ one matrix combination and one ``include`` entry are layers; a cell is their mer
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,14 +48,21 @@ class Pair:
 
 
 @dataclass(frozen=True)
+class Fan:
+    """One value written once for several fields (``aug.flip_p`` sets both views' ``flip_p``)."""
+
+    leaves: tuple[Leaf, ...]
+
+
+@dataclass(frozen=True)
 class Section:
     """A mapping of keys; with ``shorthand``, a scalar ``v`` means ``{shorthand: v}``."""
 
-    keys: Mapping[str, Leaf | Pair | Section]
+    keys: Mapping[str, Leaf | Pair | Fan | Section]
     shorthand: str | None = None
 
 
-Spec = Leaf | Pair | Section
+Spec = Leaf | Pair | Fan | Section
 
 
 def _leaf(*target: str, check: c.Check) -> Leaf:
@@ -72,9 +80,44 @@ DATASET = Section(
         "root": _leaf("data", "root", check=c.optional(c.text)),
         "image_size": _IMAGE_SIZE,
         "num_workers": _leaf("data", "num_workers", check=c.integer(0)),
-        "blur": _leaf("data", "blur", check=c.optional(c.boolean)),
     }
 )
+#: One view's keys (``suite.views.ViewSpec`` fields) and their checks.
+VIEW_CHECKS: dict[str, c.Check] = {
+    "scale": c.interval(0, 1, lo_open=True),
+    "ratio": c.interval(0, lo_open=True),
+    "flip_p": c.probability,
+    "brightness": c.number(0),
+    "contrast": c.number(0),
+    "saturation": c.number(0),
+    "hue": c.number(0, 0.5),
+    "jitter_p": c.probability,
+    "gray_p": c.probability,
+    "blur_p": c.probability,
+    "blur_sigma": c.interval(0, lo_open=True),
+    "solarize_p": c.probability,
+    "solarize_threshold": c.number(0, 1),
+}
+VIEWS = ("view1", "view2")
+AUG = Section(
+    {
+        **{
+            key: Fan(tuple(_leaf("aug", view, key, check=check) for view in VIEWS))
+            for key, check in VIEW_CHECKS.items()
+        },
+        **{
+            view: Section(
+                {key: _leaf("aug", view, key, check=ch) for key, ch in VIEW_CHECKS.items()}
+            )
+            for view in VIEWS
+        },
+    }
+)
+#: Keys that were removed, and what replaces them (reported instead of "unknown key").
+MOVED = {
+    "dataset.blur": "replaced by aug.blur_p (both views) or aug.view1.blur_p / aug.view2.blur_p, "
+    "probabilities in [0, 1]; by default the method's recipe, with blur off at <= 64 px",
+}
 METHOD = Section(
     {
         "name": _leaf("method", "name", check=c.method_name),
@@ -125,6 +168,7 @@ CELL = Section(
     {
         "dataset": DATASET,
         "image_size": _IMAGE_SIZE,
+        "aug": AUG,
         "backbone": _leaf("backbone", check=c.backbone),
         "cifar_stem": _leaf("method", "cifar_stem", check=c.optional(c.boolean)),
         "method": METHOD,
@@ -151,6 +195,10 @@ CELL = Section(
 def unknown_key(path: str, key: object, valid: Mapping[str, Any] | list[str]) -> str:
     names = list(valid)
     where = f"{path}.{key}" if path else str(key)
+    section = re.sub(r"\[\d+\]", "", path).rpartition(".")[2]  # include[0].dataset -> dataset
+    moved = MOVED.get(f"{section}.{key}")
+    if moved is not None:
+        return f"{where}: {moved}"
     return f"{where}: unknown key; valid keys: {', '.join(names)}{suggest(key, names)}"
 
 
@@ -176,6 +224,10 @@ class LayerReader:
                 return
             self._leaf(spec.first, value[0], f"{path}[0]")
             self._leaf(spec.second, value[1], f"{path}[1]")
+        elif isinstance(spec, Fan):
+            self._leaf(spec.leaves[0], value, path)
+            for leaf in spec.leaves[1:]:
+                self._set(leaf, self.layer[spec.leaves[0].target], path)
         elif not isinstance(value, Mapping):
             if spec.shorthand is not None:
                 self.read(spec.keys[spec.shorthand], value, path)

@@ -19,53 +19,25 @@ Implementation choices (each is checked against torchvision per sample in tests/
   per call); hue is rotated in HSV space exactly as ``torchvision ... adjust_hue``;
 - Gaussian blur: per-sample σ, separable grouped convolution, reflect padding;
 - ``blur=None`` turns blur off for ``S ≤ 64`` (the CIFAR convention of solo-learn and lightly) and
-  on above; pass ``blur=True``/``False`` to choose.
+  on above; pass ``blur=True``/``False`` to choose, or ``specs=`` for any two views
+  (:func:`suite.views.resolve_views` builds a cell's from its recipe, dataset and file).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
 from suite.data import augment_ops as ops
-
-AUGMENTATIONS = ("byol", "mocov2")
-AUG_ALIASES = {"m2t": "byol"}  # Momentum² Teacher uses BYOL's augmentation
-SMALL_IMAGE = 64  # blur=None: no blur at or below this size
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    """The distribution one view is drawn from (probabilities are per sample)."""
-
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness…hue strengths
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
-    blur_p: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.0
-    solarize_threshold: float = 0.5
-
-
-def view_specs(kind: str, *, blur: bool = True) -> tuple[ViewSpec, ViewSpec]:
-    """The two views' distributions of a pipeline: ``byol``, ``mocov2`` (``m2t`` = ``byol``)."""
-    name = AUG_ALIASES.get(kind, kind)
-    if name == "byol":
-        v1 = ViewSpec(blur_p=1.0)
-        v2 = ViewSpec(blur_p=0.1, solarize_p=0.2)
-    elif name == "mocov2":
-        v1 = v2 = ViewSpec(scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.5)
-    else:
-        valid = ", ".join(AUGMENTATIONS + tuple(AUG_ALIASES))
-        raise ValueError(f"aug: unknown augmentation {kind!r}; valid: {valid}")
-    if not blur:
-        v1, v2 = replace(v1, blur_p=0.0), replace(v2, blur_p=0.0)
-    return v1, v2
+from suite.views import (  # noqa: F401 (re-exported: the recipes live in the torch-free module)
+    AUG_ALIASES,
+    AUGMENTATIONS,
+    SMALL_IMAGE,
+    ViewSpec,
+    view_specs,
+)
 
 
 @dataclass(frozen=True)
@@ -191,8 +163,12 @@ class TwoViewAugment:
         self.kind = AUG_ALIASES.get(kind, kind)
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
-        self.blur = image_size > SMALL_IMAGE if blur is None else blur
-        self.specs = view_specs(kind, blur=self.blur) if specs is None else specs
+        if specs is None:
+            self.blur = image_size > SMALL_IMAGE if blur is None else blur
+            self.specs = view_specs(kind, blur=self.blur)
+        else:
+            self.specs = specs
+            self.blur = any(s.blur_p > 0 for s in specs)
         self.blur_kernel = ops.blur_kernel_size(image_size)
 
     def __repr__(self) -> str:

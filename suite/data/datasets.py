@@ -10,9 +10,11 @@ The readers themselves live in :mod:`suite.data.formats`, :mod:`suite.data.folde
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from torch import Tensor
 
@@ -54,6 +56,9 @@ class DatasetInfo:
     checker: Checker
     loader: Loader
     eval_crop_fraction: float = 1.0  # 0.875: Resize(S/0.875) + CenterCrop(S) for photographs
+    #: ``ViewSpec`` values that suit this dataset, on top of the method's recipe for both views and
+    #: below the experiment file's ``aug`` keys (see :mod:`suite.views`).
+    view_defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def in_memory(self) -> bool:
@@ -102,6 +107,7 @@ _ENTRIES = (
         obtain="",
         checker=locate.check_builtin,
         loader=locate.load_digits,
+        view_defaults=MappingProxyType({"flip_p": 0.0}),  # a mirrored digit is another or none
     ),
     DatasetInfo(
         name="mnist",
@@ -115,6 +121,7 @@ _ENTRIES = (
         obtain=_TV.format("MNIST", "") + ", or copy ~/.keras/datasets/mnist.npz",
         checker=locate.check_mnist,
         loader=locate.load_mnist,
+        view_defaults=MappingProxyType({"flip_p": 0.0}),
     ),
     DatasetInfo(
         name="cifar10",

@@ -28,11 +28,18 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from suite.data.augment import AUG_ALIASES, AUGMENTATIONS, EvalTransform, TwoViewAugment
+from suite.data.augment import (
+    AUG_ALIASES,
+    AUGMENTATIONS,
+    EvalTransform,
+    TwoViewAugment,
+    ViewSpec,
+)
 from suite.data.datasets import DatasetInfo, LoadOptions, get_dataset
 from suite.data.errors import DataError
 from suite.data.splits import FileSplits, MemmapSplits, Splits, TensorSplits
 from suite.data.workers import FileCrops, FileEval, ItemSampler, MemmapBatches, mix_seed
+from suite.views import resolve_views
 
 SPLITS = ("train", "test")
 DEFAULT_SYNTHETIC_SIZE = 2048
@@ -234,12 +241,15 @@ def build_data(
     synthetic_size: int | None = None,
     synthetic_classes: int = 10,
     blur: bool | None = None,
+    specs: tuple[ViewSpec, ViewSpec] | None = None,
     rank: int = 0,
     world: int = 1,
 ) -> DataBundle:
     """Check the dataset (``DataError`` before anything is loaded), load it and wrap it.
 
-    ``aug``: ``byol`` or ``mocov2`` (``m2t`` = ``byol``); ``blur=None``: blur only above 64 px.
+    ``specs``: the two views' distributions as given; ``None``: recipe ``aug`` (``byol`` or
+    ``mocov2``, ``m2t`` = ``byol``) with the dataset's ``view_defaults`` on top
+    (:func:`suite.views.resolve_views`; ``blur=None``: blur only above 64 px).
     ``rank``/``world``: under DDP each process loads and augments only its part of every global
     batch of ``batch_size`` (equal to the same rows of the whole batch in one process).
     """
@@ -252,13 +262,15 @@ def build_data(
             raise ValueError(f"{field}: must be a positive integer, got {value}")
     if num_workers < 0:
         raise ValueError(f"num_workers: must be >= 0, got {num_workers}")
+    if specs is None:
+        specs = resolve_views(aug, image_size, info.view_defaults, blur=blur)
     location = info.check(root)
     options = LoadOptions(image_size, synthetic_size or DEFAULT_SYNTHETIC_SIZE, synthetic_classes)
     splits = info.load(location, options)
     return DataBundle(
         info,
         splits,
-        TwoViewAugment(aug, image_size, info.mean, info.std, blur=blur),
+        TwoViewAugment(aug, image_size, info.mean, info.std, specs=specs),
         EvalTransform(image_size, info.mean, info.std, info.eval_crop_fraction),
         batch_size=batch_size,
         device=torch.device(device),

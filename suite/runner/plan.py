@@ -73,15 +73,24 @@ class Plan:
 
 
 def varying_fields(cells: list[CellConfig]) -> list[str]:
-    """The flat (dotted, MLflow-param) fields whose value differs between at least two cells."""
+    """The flat (dotted, MLflow-param) fields whose value differs between at least two cells;
+    an ``aug.*`` field only where it differs between two cells of one method (a difference that
+    only follows the method's recipe is shown by ``method.name``)."""
     flats = [c.flat() for c in cells]
     if len(flats) < 2:
         return []
-    return [
-        key
-        for key in flats[0]
-        if key not in HIDDEN_FIELDS and any(f.get(key) != flats[0][key] for f in flats[1:])
-    ]
+
+    def varies(key: str) -> bool:
+        if not key.startswith("aug."):
+            return any(f.get(key) != flats[0][key] for f in flats[1:])
+        seen: dict[Any, Any] = {}
+        for f in flats:
+            first = seen.setdefault(f["method.name"], f.get(key))
+            if f.get(key) != first:
+                return True
+        return False
+
+    return [key for key in flats[0] if key not in HIDDEN_FIELDS and varies(key)]
 
 
 #: fields that name a configuration best, tried first by :func:`identifying_fields`
