@@ -51,6 +51,7 @@ def reported(tmp_path_factory):
                 "expected": 50.0,
                 "tolerance": 100.0,
                 "source": "made up for the test",
+                "reference": 88.18,
             },
             {
                 "name": "impossible",
@@ -116,6 +117,10 @@ def test_html_embeds_every_png_it_shows(reported):
 def test_markdown_shows_verdicts_floors_and_provenance(reported):
     md = (reported[3] / "report.md").read_text()
     assert "| momentum teacher | knn/top1 (%) | 1/1 |" in md
+    assert "| reference |" in md.split("## Paper vs measured")[1].splitlines()[2]
+    assert re.search(
+        r"\| momentum teacher \| knn/top1 \(%\) \| 1/1 \| [\d.]+ \| 88\.18 \| 50\.00 \|", md
+    )
     assert re.search(r"\| impossible \| .* \| ≥ 101\.00 \| .* \| FAIL \|", md)
     assert "| local/momentum >= local/local - 100 |" in md
     assert "## Not reproduced" in md and "- impossible: outside ≥ 101.00." in md

@@ -13,6 +13,8 @@ A file holds expectations for one or more experiments, by the experiment file's 
             metric: linear/top1
             expected: 88.06
             tolerance: 1.0              # |mean − expected| ≤ tolerance (side: both)
+            reference: 88.1             # shown beside the measurement (e.g. a paper's number
+                                        # in another setting), never judged
             side: both                  # or lower (mean ≥ expected − tol), upper (≤ expected + tol)
             min: 80                     # and/or absolute bounds on the mean
             source: ...; protocol: ...; note: ...
@@ -60,6 +62,7 @@ ENTRY_KEYS = (
     "protocol",
     "note",
     "measured",
+    "reference",
 )
 RELATION_KEYS = ("name", "relation", "metric", "unit", "match", "groups", "source", "note")
 SIDES = ("both", "lower", "upper")
@@ -88,6 +91,7 @@ class Entry:
     protocol: str = ""
     note: str = ""
     measured: dict[str, Any] = field(default_factory=dict)
+    reference: float | None = None  # a number shown beside the measurement, never judged
 
     @property
     def judged(self) -> bool:
@@ -298,6 +302,7 @@ def _entry(
     tolerance = _number(raw.get("tolerance"), f"{path}.tolerance", errors, minimum=0)
     minimum = _number(raw.get("min"), f"{path}.min", errors)
     maximum = _number(raw.get("max"), f"{path}.max", errors)
+    reference = _number(raw.get("reference"), f"{path}.reference", errors)
     side = raw.get("side", "both")
     if side not in SIDES:
         errors.append(f"{path}.side: {show(side)} is invalid; choose from {', '.join(SIDES)}")
@@ -331,6 +336,7 @@ def _entry(
         protocol=_text(raw.get("protocol", defaults.get("protocol")), f"{path}.protocol", errors),
         note=_text(raw.get("note"), f"{path}.note", errors),
         measured=dict(measured),
+        reference=reference,
     )
 
 

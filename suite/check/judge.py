@@ -105,6 +105,7 @@ class EntryResult:
             "min": lo,
             "max": hi,
             "delta": self.delta,
+            "reference": e.reference,
             "verdict": self.verdict,
             "source": e.source,
             "protocol": e.protocol,

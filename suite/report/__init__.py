@@ -57,37 +57,31 @@ class Table:
 
 
 def verdict_table(result: CheckResult) -> Table:
+    """Paper vs measured; a ``reference`` column when an entry carries one."""
+    references = any(r.entry.reference is not None for r in result.entries)
+    headers = ["entry", "metric", "n", "measured", "paper / expected", "must be", "delta"]
+    headers += ["verdict", "source"]
+    if references:
+        headers.insert(4, "reference")
     rows = []
     for r in result.entries:
         e, stat = r.entry, r.selection.stat
         delta = r.delta
-        rows.append(
-            [
-                e.label,
-                e.metric + (" (%)" if e.unit == "percent" else ""),
-                f"{stat.n}/{len(r.selection.cells)}",
-                mean_std(stat.n, stat.mean, stat.std, e.unit),
-                number(e.expected, e.unit),
-                bound_text(r),
-                "-" if delta is None else ("+" if delta >= 0 else "") + number(delta, e.unit),
-                r.verdict,
-                e.source or "-",
-            ]
-        )
-    return Table(
-        [
-            "entry",
-            "metric",
-            "n",
-            "measured",
-            "paper / expected",
-            "must be",
-            "delta",
-            "verdict",
-            "source",
-        ],
-        rows,
-    )
+        row = [
+            e.label,
+            e.metric + (" (%)" if e.unit == "percent" else ""),
+            f"{stat.n}/{len(r.selection.cells)}",
+            mean_std(stat.n, stat.mean, stat.std, e.unit),
+            number(e.expected, e.unit),
+            bound_text(r),
+            "-" if delta is None else ("+" if delta >= 0 else "") + number(delta, e.unit),
+            r.verdict,
+            e.source or "-",
+        ]
+        if references:
+            row.insert(4, number(e.reference, e.unit))
+        rows.append(row)
+    return Table(headers, rows)
 
 
 def relation_table(result: CheckResult) -> Table:
@@ -139,15 +133,18 @@ def config_table(configs: Sequence[Config]) -> Table:
 
 
 def paper_marks(result: CheckResult, configs: Sequence[Config]) -> dict[tuple[str, str], float]:
-    """``(config label, metric) -> expected (percent)`` for entries selecting exactly a config."""
+    """``(config label, metric) -> value (percent)`` for entries selecting exactly a config: the
+    entry's ``reference`` where it has one (a paper's number for another setting), else its
+    ``expected``."""
     by_cells = {c.cell_ids: c for c in configs}
     marks = {}
     for r in result.entries:
         e = r.entry
+        value = e.reference if e.reference is not None else e.expected
         config = by_cells.get(frozenset(r.selection.cells))
-        if config is None or e.expected is None or not m.is_accuracy(e.metric):
+        if config is None or value is None or not m.is_accuracy(e.metric):
             continue
-        marks[(config.label, e.metric)] = e.expected * (100.0 / m.UNITS[e.unit])
+        marks[(config.label, e.metric)] = value * (100.0 / m.UNITS[e.unit])
     return marks
 
 
