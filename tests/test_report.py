@@ -38,7 +38,7 @@ def reported(tmp_path_factory):
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.setenv("BNSUITE_ARTIFACT_ROOT", str(folder / "artifacts"))
     path = write_experiment(folder, "tiny-report", TINY)
-    code, _, err = cli("run", str(path), "--device", "cpu", "--workdir", str(folder / "runs"))
+    code, ran, err = cli("run", str(path), "--device", "cpu", "--workdir", str(folder / "runs"))
     assert code == 0, err
     base = folder / "baseline.yaml"
     section = {
@@ -65,11 +65,11 @@ def reported(tmp_path_factory):
     out = folder / "out"
     code, stdout, err = cli("report", str(path), "--baseline", str(base), "--out", str(out))
     mp.undo()
-    return code, stdout, err, out
+    return code, stdout, err, out, ran
 
 
 def test_report_writes_markdown_html_and_the_plots(reported):
-    code, stdout, err, out = reported
+    code, stdout, err, out, _ = reported
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())
     assert names == [
@@ -131,6 +131,13 @@ def test_markdown_shows_verdicts_floors_and_provenance(reported):
         assert f"| {what} |" in md
     for png in ("accuracy.png", "batch.png", "throughput.png", "loss.png"):
         assert f"]({png})" in md
+
+
+def test_run_summary_shows_each_accuracy_beside_its_floor(reported):
+    summary = reported[4]
+    table = summary.split("experiment 'tiny-report'")[1]
+    cells = re.findall(r"(\d+\.\d\d) \(floor (\d+\.\d\d)\)", table)
+    assert len(cells) == 2 * 2, summary  # kNN and linear, for each of the two cells
 
 
 def test_report_without_finished_runs_says_so_and_draws_nothing(tmp_path, mlflow_tmp):

@@ -179,15 +179,24 @@ def _verdict(outcome: CellOutcome) -> str:
     if outcome.status == "FINISHED":
         m = outcome.metrics
         return (
-            f"FINISHED (kNN top-1 {percent(m.get('knn/top1'))} %, linear top-1 "
-            f"{percent(m.get('linear/top1'))} %, {rate(m.get('images_per_s'))} img/s)"
+            f"FINISHED (kNN top-1 {beside_floor(m, 'knn/top1')} %, linear top-1 "
+            f"{beside_floor(m, 'linear/top1')} %, {rate(m.get('images_per_s'))} img/s)"
         )
     first = (outcome.reason or "").splitlines()[0] if outcome.reason else ""
     return f"{outcome.status}: {first}" if first else outcome.status
 
 
+def beside_floor(metrics: dict[str, float], key: str) -> str:
+    """``91.39 (floor 85.00)``: an accuracy in percent beside the same probe on the random-init
+    encoder (``<key>_random_init``), or the accuracy alone when no floor was measured."""
+    value = percent(metrics.get(key))
+    floor = metrics.get(f"{key}_random_init")
+    return value if floor is None else f"{value} (floor {percent(floor)})"
+
+
 def render_summary(report: RunReport) -> str:
-    """The final table (cell, axes, kNN top-1, linear top-1, img/s, status) and the totals."""
+    """The final table (cell, axes, kNN top-1 and linear top-1 each beside its random-init
+    floor, img/s, status) and the totals."""
     plan = report.plan
     headers = ["#", "cell_id", *plan.fields, "kNN top-1 %", "linear top-1 %", "img/s", "status"]
     rows = []
@@ -203,8 +212,8 @@ def render_summary(report: RunReport) -> str:
                 o.planned.position,
                 o.planned.cell_id,
                 *o.planned.axes.values(),
-                percent(m.get("knn/top1")),
-                percent(m.get("linear/top1")),
+                beside_floor(m, "knn/top1"),
+                beside_floor(m, "linear/top1"),
                 rate(m.get("images_per_s")),
                 status.get(o.status, o.status),
             ]
