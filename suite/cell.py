@@ -23,6 +23,10 @@ METHODS = ("byol", "mocov2", "m2t")
 OPTIMIZERS = ("sgd", "lars")
 ENCODERS = ("student", "teacher")
 VARIANCES = ("official", "standard")
+HISTORIES = ("per_device", "shared")  # MomentumBN: one history per device, or one for all
+# Which BN statistics the evaluated encoder normalises with (recorded with every number): device
+# 0's running statistics / MomentumBN history, i.e. those of the checkpoint DDP rank 0 saves.
+EVAL_BN_STATISTICS = "device0"
 PRECISIONS = ("auto", "fp32", "bf16")
 NOT_HASHED = ("data.root", "data.num_workers", "log_every", "checkpoint_every")
 
@@ -106,6 +110,7 @@ class CellConfig:
     student_bn: str = "local"
     teacher_bn: str = "local"
     bn_variance: str = "official"  # MomentumBN variance convention
+    bn_history: str = "per_device"  # MomentumBN: per_device (DDP, official) or shared (ablation)
     seed: int = 0
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool | None = None  # None: on CUDA only

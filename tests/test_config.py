@@ -10,6 +10,7 @@ import pytest
 
 from suite.cell import (
     ENCODERS,
+    HISTORIES,
     METHODS,
     OPTIMIZERS,
     PRECISIONS,
@@ -142,6 +143,7 @@ def test_numbers_written_as_strings_are_read_as_numbers(tmp_path):
         ("method: {name: mocov3}", "method.name", "a method", METHODS),
         ("optimizer: {name: lars2}", "optimizer.name", "an optimizer", OPTIMIZERS),
         ("bn_variance: oficial", "bn_variance", "a variance convention", VARIANCES),
+        ("bn_history: per_devise", "bn_history", "a history layout", HISTORIES),
         ("precision: bf61", "precision", "a precision", PRECISIONS),
         ("eval: {encoder: techer}", "eval.encoder", "an encoder", ENCODERS),
         ("dataset: {name: stl11}", "dataset.name", "a dataset", tuple(DATASETS)),

@@ -53,8 +53,16 @@ def regressed(tmp_path_factory):
     mp.setenv("PYTHONPATH", str(plant))
     mp.setenv("BNSUITE_ARTIFACT_ROOT", str(folder / "artifacts"))
     code, _, err = cli(
-        "run", str(CI), "--tracking-uri", uri, "--device", "cpu", "--shard", f"1/{_cells()}",
-        "--workdir", str(folder / "runs"),
+        "run",
+        str(CI),
+        "--tracking-uri",
+        uri,
+        "--device",
+        "cpu",
+        "--shard",
+        f"1/{_cells()}",
+        "--workdir",
+        str(folder / "runs"),
     )
     mp.undo()
     assert code == 0, err
@@ -77,8 +85,14 @@ def test_ci_baseline_has_a_learning_entry_for_every_ci_cell():
 @pytest.mark.slow
 def test_gate_fails_when_the_student_never_updates(regressed):
     code, out, _ = cli(
-        "check", str(CI), "--baseline", str(BASELINE), "--tracking-uri", regressed,
-        "--allow-missing", "--json",
+        "check",
+        str(CI),
+        "--baseline",
+        str(BASELINE),
+        "--tracking-uri",
+        regressed,
+        "--allow-missing",
+        "--json",
     )
     data = json.loads(out)
     failed = [e for e in data["entries"] if e["verdict"] == "FAIL"]
@@ -89,7 +103,12 @@ def test_gate_fails_when_the_student_never_updates(regressed):
     gain = next(e for e in failed if e["metric"] == "knn/top1_gain")
     assert gain["mean"] < gain["min"]
     code, text, _ = cli(
-        "check", str(CI), "--baseline", str(BASELINE), "--tracking-uri", regressed,
+        "check",
+        str(CI),
+        "--baseline",
+        str(BASELINE),
+        "--tracking-uri",
+        regressed,
         "--allow-missing",
     )
     assert code == 1 and "failed: E" in text and "knn/top1_gain" in text.split("failed: ")[1]

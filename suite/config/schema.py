@@ -181,6 +181,7 @@ CELL = Section(
         "teacher_bn": _TEACHER,
         "bn": Pair(_STUDENT, _TEACHER),
         "bn_variance": _leaf("bn_variance", check=c.variance),
+        "bn_history": _leaf("bn_history", check=c.history),
         "optimizer": OPTIMIZER,
         "eval": EVAL,
         "precision": _leaf("precision", check=c.precision),

@@ -23,6 +23,13 @@ method to its device::
 The student is then called once per step (the fused path); the teacher stays unwrapped (its BN
 buffers, MomentumBN's history included, are per process, as in the official code); the state dict
 keeps the unwrapped names.
+
+Emulation == DDP (tested, ``tests/test_emulation_equals_ddp.py``): one process with
+``devices = D`` computes what P processes with ``devices = D/P`` each compute — losses, student
+parameters, teacher outputs and BN buffers — because every per-device quantity is kept per
+emulated device: batch statistics per chunk, one MomentumBN history per device (``bn_history:
+per_device``), and running statistics that follow device 0, as DDP's ``broadcast_buffers=True``
+leaves them in the student and as rank 0 saves them for the teacher (``suite.bn.split``).
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from suite.bn import (
     shuffle_batch,
     unshuffle_batch,
 )
-from suite.cell import ENCODERS, STRATEGIES, VARIANCES, CellConfig, MethodConfig
+from suite.cell import ENCODERS, HISTORIES, STRATEGIES, VARIANCES, CellConfig, MethodConfig
 from suite.models import build_backbone
 
 STUDENT_STRATEGIES = ("local", "sync")  # momentum and shuffle are teacher-only
@@ -65,7 +72,9 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def validate_bn(student_bn: str, teacher_bn: str, variance: str) -> None:
+def validate_bn(
+    student_bn: str, teacher_bn: str, variance: str, history: str = "per_device"
+) -> None:
     """Raise ValueError for a strategy a side cannot use (momentum/shuffle are teacher-only)."""
     if student_bn not in STUDENT_STRATEGIES:
         why = (
@@ -83,6 +92,8 @@ def validate_bn(student_bn: str, teacher_bn: str, variance: str) -> None:
         )
     if variance not in VARIANCES:
         raise ValueError(f"bn_variance: {variance!r}; valid choices: {', '.join(VARIANCES)}")
+    if history not in HISTORIES:
+        raise ValueError(f"bn_history: {history!r}; valid choices: {', '.join(HISTORIES)}")
 
 
 class Encoder(nn.Module):
@@ -123,7 +134,7 @@ class TeacherStudent(nn.Module, abc.ABC):
 
     def __init__(self, cell: CellConfig, *, total_steps: int, num_ssl_samples: int) -> None:
         super().__init__()
-        validate_bn(cell.student_bn, cell.teacher_bn, cell.bn_variance)
+        validate_bn(cell.student_bn, cell.teacher_bn, cell.bn_variance, cell.bn_history)
         if total_steps < 1:
             raise ValueError(f"total_steps: {total_steps}; must be a positive number of steps")
         world = world_size()
@@ -164,6 +175,7 @@ class TeacherStudent(nn.Module, abc.ABC):
             total_steps=total_steps,
             views_per_step=self.teacher_views_per_step(cell.method),
             variance=cell.bn_variance,
+            history=cell.bn_history,
         )
         self.teacher.requires_grad_(False)  # after convert_bn, whose new layers train by default
         self._check_parameter_pairs()
