@@ -408,13 +408,14 @@ def test_top_level_values_are_defaults_and_axis_mappings_override_only_their_key
     assert cells[0].eval == default.eval and cells[0].log_every == default.log_every
 
 
-def test_m2t_implies_local_student_and_momentum_teacher_unless_given(tmp_path):
+def test_each_method_gets_its_recipes_bn_pair_unless_given(tmp_path):
+    """byol → sync/sync, m2t → local/momentum; a value the file gives is kept."""
     text = HEAD + NO_WARMUP + "matrix: {method: [byol, m2t]}\n"
     text += "include: [{method: m2t, student_bn: sync}]\n"
     exp = load(tmp_path, text)
     got = [(c.method.name, c.student_bn, c.teacher_bn) for c in exp.cells()]
     assert got == [
-        ("byol", "local", "local"),
+        ("byol", "sync", "sync"),
         ("m2t", "local", "momentum"),
         ("m2t", "sync", "momentum"),
     ]

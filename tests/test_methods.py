@@ -13,6 +13,7 @@ from suite.cell import CellConfig, DataConfig, MethodConfig
 from suite.methods import METHODS, MoCoV2, build_method
 from suite.methods.base import cosine_momentum
 from suite.methods.mocov2 import info_nce, queue_length
+from suite.recipes import RECIPES
 
 SIZE, BATCH = 8, 8
 HEADS = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 32}
@@ -318,8 +319,8 @@ def test_moco_momentum_teacher_commits_once_per_step(symmetric, views_per_step):
 def test_one_optimizer_step_trains_the_student_and_the_teacher_follows_by_ema_only(name):
     """Step 0 then step 1 with the method's own BN pair on 2 devices: the student moves by SGD; the
     teacher gets no gradient and after step 1 equals m1·θ_t + (1 − m1)·θ_s (θ_s after step 0)."""
-    cls = METHODS[name]
-    m = make(name, student_bn=cls.default_bn[0], teacher_bn=cls.default_bn[1], devices=2)
+    r = RECIPES[name]
+    m = make(name, student_bn=r.student_bn, teacher_bn=r.teacher_bn, devices=2)
     opt = torch.optim.SGD(m.student_parameters(), lr=0.5)
     s_before = clone_params(m.student)
     loss, logs = m.training_step(*views(seed=0), step=0)
@@ -340,8 +341,8 @@ def test_one_optimizer_step_trains_the_student_and_the_teacher_follows_by_ema_on
 def test_state_dict_resumes_bit_identically(name):
     """Train 2 steps, load the state into a freshly built method (other seed): step 3 is identical
     (teacher, BN histories and pending views, queue and pointer all travel in state_dict)."""
-    cls = METHODS[name]
-    cell_kw = {"student_bn": cls.default_bn[0], "teacher_bn": cls.default_bn[1], "devices": 2}
+    r = RECIPES[name]
+    cell_kw = {"student_bn": r.student_bn, "teacher_bn": r.teacher_bn, "devices": 2}
     a = make(name, **cell_kw)
     opt_a = torch.optim.SGD(a.student_parameters(), lr=0.5, momentum=0.9)
     for step in range(2):
@@ -364,7 +365,7 @@ def test_state_dict_resumes_bit_identically(name):
 
 def test_registry_builds_the_named_class():
     assert isinstance(make("mocov2"), MoCoV2)
-    assert METHODS["m2t"].default_bn == ("local", "momentum")
+    assert METHODS["m2t"].name == "m2t" and RECIPES["m2t"].bn == ("local", "momentum")
     assert make_cell("m2t").eval_encoder == "teacher"
 
 

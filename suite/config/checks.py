@@ -28,6 +28,7 @@ from suite.cell import (
     VARIANCES,
 )
 from suite.config.errors import Invalid, choose_from, show, suggest
+from suite.recipes import MOMENTUM_SCHEDULES
 
 Check = Callable[[Any], Any]
 
@@ -192,5 +193,6 @@ optimizer_name = choice(OPTIMIZERS, "an optimizer")
 encoder = optional(choice(ENCODERS, "an encoder"))
 variance = choice(VARIANCES, "a variance convention")
 history = choice(HISTORIES, "a history layout")
+momentum_schedule = choice(MOMENTUM_SCHEDULES, "a momentum schedule")
 precision = choice(PRECISIONS, "a precision")
 dataset = choice(dataset_names, "a dataset")

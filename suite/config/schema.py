@@ -130,6 +130,9 @@ METHOD = Section(
         "queue_size": _leaf("method", "queue_size", check=_POS),
         "temperature": _leaf("method", "temperature", check=c.number(0, lo_open=True)),
         "symmetric": _leaf("method", "symmetric", check=c.boolean),
+        "momentum_schedule": _leaf(
+            "method", "momentum_schedule", check=c.optional(c.momentum_schedule)
+        ),
     },
     shorthand="name",
 )

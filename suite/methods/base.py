@@ -54,9 +54,10 @@ from suite.bn import (
 )
 from suite.cell import ENCODERS, HISTORIES, STRATEGIES, VARIANCES, CellConfig, MethodConfig
 from suite.models import build_backbone
+from suite.recipes import MOMENTUM_SCHEDULES, recipe
 
 STUDENT_STRATEGIES = ("local", "sync")  # momentum and shuffle are teacher-only
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = MOMENTUM_SCHEDULES
 MOMENTUM_BN = (MomentumBatchNorm1d, MomentumBatchNorm2d)
 T = TypeVar("T")
 
@@ -127,10 +128,7 @@ class TeacherStudent(nn.Module, abc.ABC):
     view, so not for DDP).
     """
 
-    name: ClassVar[str]
-    default_base_momentum: ClassVar[float]  # m0 when MethodConfig.base_momentum is None
-    default_momentum_schedule: ClassVar[str] = "cosine"
-    default_bn: ClassVar[tuple[str, str]]  # (student_bn, teacher_bn) of the method's own recipe
+    name: ClassVar[str]  # its recipe: suite.recipes.RECIPES[name] (defaults of every kind)
 
     def __init__(self, cell: CellConfig, *, total_steps: int, num_ssl_samples: int) -> None:
         super().__init__()
@@ -148,11 +146,11 @@ class TeacherStudent(nn.Module, abc.ABC):
                 "(every emulated device gets an equal share of each view)"
             )
         self.cell, self.total_steps = cell, total_steps
-        self.base_momentum = or_default(cell.method.base_momentum, self.default_base_momentum)
+        self.recipe = recipe(self.name)
+        self.base_momentum = or_default(cell.method.base_momentum, self.recipe.base_momentum)
         if not 0.0 <= self.base_momentum <= 1.0:
             raise ValueError(f"method.base_momentum: {self.base_momentum}; must lie in [0, 1]")
-        # MethodConfig has no schedule field yet; read it when the config grows one.
-        schedule = getattr(cell.method, "momentum_schedule", None) or self.default_momentum_schedule
+        schedule = or_default(cell.method.momentum_schedule, self.recipe.momentum_schedule)
         if schedule not in SCHEDULES:
             raise ValueError(
                 f"method.momentum_schedule: {schedule!r}; valid choices: {', '.join(SCHEDULES)}"

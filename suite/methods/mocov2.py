@@ -8,8 +8,8 @@ B rows. ``symmetric``: also ``q2 = student(x2)`` against ``k' = teacher(x1)``, l
 two InfoNCE terms; the queue still receives one key per image (``teacher(x2)``).
 
 Defaults (MoCo v2): head Linear(d, d)–ReLU–Linear(d, 128) (no BN), T = 0.2, constant key-encoder
-momentum 0.999 (``momentum_schedule: cosine`` opts into BYOL's schedule), queue 65536, ShuffleBN
-on the key encoder (``teacher_bn: shuffle``).
+momentum 0.999 (``method.momentum_schedule: cosine`` opts into BYOL's schedule), queue 65536,
+ShuffleBN on the key encoder (the recipe, ``suite.recipes.RECIPES["mocov2"]``).
 
 Queue length: ``K = min(queue_size, ⌊N / B⌋·B)`` for N SSL samples and global batch B, so a small
 data set never holds more keys than one epoch delivers (the loader drops the last partial batch).
@@ -26,8 +26,7 @@ from torch import Tensor, nn
 from suite.cell import CellConfig, MethodConfig
 from suite.methods.base import TeacherStudent, or_default, world_size
 from suite.models import MLPHead
-
-MOCO_PROJ_DIM = 128
+from suite.recipes import recipe
 
 
 def queue_length(queue_size: int, global_batch: int, num_ssl_samples: int) -> int:
@@ -70,9 +69,6 @@ class MoCoV2(TeacherStudent):
     """MoCo v2: InfoNCE of queries against momentum keys and a queue of past keys."""
 
     name = "mocov2"
-    default_base_momentum = 0.999
-    default_momentum_schedule = "constant"
-    default_bn = ("local", "shuffle")
 
     queue: Tensor
     queue_ptr: Tensor
@@ -93,8 +89,9 @@ class MoCoV2(TeacherStudent):
             raise ValueError(
                 f"method.pred_hidden: {cfg.pred_hidden}; MoCo v2 has no predictor (leave it null)"
             )
-        hidden = or_default(cfg.proj_hidden, dim)
-        return MLPHead(dim, hidden, or_default(cfg.proj_dim, MOCO_PROJ_DIM), bn=False), None
+        r = recipe(self.name)
+        hidden = or_default(cfg.proj_hidden, r.proj_hidden or dim)
+        return MLPHead(dim, hidden, or_default(cfg.proj_dim, r.proj_dim), bn=False), None
 
     def teacher_views_per_step(self, cfg: MethodConfig) -> int:
         return 2 if cfg.symmetric else 1
