@@ -78,6 +78,8 @@ class OptimConfig:
     momentum: float = 0.9
     warmup_epochs: float = 10.0
     warmup_lr: float = 1e-6
+    # BYOL: biases and BN parameters get no weight decay and no LARS adaptation
+    exclude_bn_and_bias: bool = True
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,14 @@ def test_moco_queue_not_a_multiple_of_the_global_batch(tmp_path):
     assert "choose a multiple of 64" in msg
 
 
+def test_symmetric_moco_queue_must_hold_whole_steps_of_two_keys_per_image(tmp_path):
+    """Symmetric MoCo enqueues 2B keys a step: 192 is a multiple of B = 64 but not of 128."""
+    text = HEAD + "batch_size: 64\nmethod: {name: mocov2, queue_size: 192, symmetric: true}\n"
+    msg = the_error(tmp_path, text)
+    assert "method.queue_size: 192 is not a multiple of 2 x batch_size=128" in msg
+    assert "choose a multiple of 128" in msg
+
+
 def test_moco_inheriting_a_predictor_width_is_rejected(tmp_path):
     text = HEAD + "method: {name: byol, pred_hidden: 512}\nmatrix: {method: [byol, mocov2]}\n"
     msg = the_error(tmp_path, text)

@@ -40,7 +40,8 @@ MOMENTUM_KEYS = ("device_mean", "device_var", "pending_mean", "pending_var")
 
 def make_cell(name: str, symmetric: bool, student_bn: str, teacher_bn: str, **kw) -> CellConfig:
     if name == "mocov2":
-        heads = {"proj_hidden": 16, "proj_dim": 8, "queue_size": 3 * BATCH, "symmetric": symmetric}
+        queue = (4 if symmetric else 3) * BATCH  # whole steps of B (2B symmetric) keys
+        heads = {"proj_hidden": 16, "proj_dim": 8, "queue_size": queue, "symmetric": symmetric}
     else:
         heads = {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16}
     return CellConfig(

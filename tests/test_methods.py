@@ -25,6 +25,8 @@ REORDERED = {"rtol": 1e-4, "atol": 1e-4}
 
 def make_cell(method="byol", student_bn="local", teacher_bn="local", devices=1, **overrides):
     heads = MOCO_HEADS if method == "mocov2" else HEADS
+    if overrides.get("symmetric"):  # 2B keys per step: a queue of 2 steps' keys
+        heads = {**heads, "queue_size": 4 * BATCH}
     method_cfg = MethodConfig(name=method, **{**heads, **overrides})
     return CellConfig(
         backbone="test_resnet",
@@ -238,8 +240,10 @@ def test_info_nce_equals_cross_entropy_over_positive_then_queue_logits():
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_moco_loss_from_module_outputs_and_keys_enqueued(symmetric):
-    """loss = InfoNCE(student(x1), teacher(x2), queue) (symmetric: mean with (x2, x1));
-    afterwards the first B rows of the queue hold normalize(teacher(x2)) and the pointer is B."""
+    """loss = InfoNCE(student(x1), teacher(x2), queue); afterwards the first B rows of the queue
+    hold normalize(teacher(x2)) and the pointer is B. Symmetric (MoCo's own variant): the sum
+    with InfoNCE(student(x2), teacher(x1)), and both keys enqueued — rows [0, B) teacher(x1),
+    [B, 2B) teacher(x2), pointer 2B."""
     m = make("mocov2", symmetric=symmetric)
     ref = copy.deepcopy(m)
     x1, x2 = views()
@@ -248,12 +252,15 @@ def test_moco_loss_from_module_outputs_and_keys_enqueued(symmetric):
     with torch.no_grad():
         k1, k2 = ref.teacher(x2), ref.teacher(x1)
     expected = info_nce(ref.student(x1), k1, ref.queue, 0.2)
+    enqueued = [unit(k1)]
     if symmetric:
-        expected = (expected + info_nce(ref.student(x2), k2, ref.queue, 0.2)) / 2
+        expected = expected + info_nce(ref.student(x2), k2, ref.queue, 0.2)
+        enqueued = [unit(k2), unit(k1)]
     torch.testing.assert_close(loss, expected)
-    torch.testing.assert_close(m.queue[:BATCH], unit(k1))
-    assert torch.equal(m.queue[BATCH:], ref.queue[BATCH:])
-    assert int(m.queue_ptr) == BATCH
+    rows = len(enqueued) * BATCH
+    torch.testing.assert_close(m.queue[:rows], torch.cat(enqueued))
+    assert torch.equal(m.queue[rows:], ref.queue[rows:])
+    assert int(m.queue_ptr) == rows
 
 
 def test_enqueue_writes_at_the_pointer_and_wraps_around():
@@ -278,6 +285,28 @@ def test_queue_length_is_sized_down_to_whole_batches_of_the_data():
         queue_length(1000, 256, 50_000)
     with pytest.raises(ValueError, match=r"100 samples, fewer than one global batch of 256"):
         queue_length(65536, 256, 100)
+
+
+def test_symmetric_queue_holds_whole_steps_of_two_keys_per_image():
+    """Symmetric MoCo enqueues 2B keys a step: K is sized to ⌊N/B⌋·2B and must be a multiple of
+    2B (a multiple of B only is refused, here and in the experiment-file check)."""
+    assert queue_length(10**6, 256, 50_000, keys_per_step=512) == 195 * 512
+    with pytest.raises(ValueError, match=r"multiple of the keys per step \(2 x batch\) 512"):
+        queue_length(256 * 3, 256, 50_000, keys_per_step=512)
+    with pytest.raises(ValueError, match="keys per step"):
+        make("mocov2", symmetric=True, queue_size=3 * BATCH)
+
+
+def test_a_queue_over_half_the_ssl_set_is_warned_about(caplog):
+    """Queue 24 of 40 samples (> half): a warning naming both numbers; 24 of 100: none."""
+    torch.manual_seed(0)
+    with caplog.at_level("WARNING", logger="suite.methods.mocov2"):
+        build_method(make_cell("mocov2"), total_steps=4, num_ssl_samples=40)
+    assert "holds 24 keys, more than half of the 40 SSL samples" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="suite.methods.mocov2"):
+        make("mocov2")
+    assert caplog.text == ""
 
 
 def test_moco_rejects_a_predictor():

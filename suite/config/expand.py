@@ -183,12 +183,15 @@ def combination_problems(layer: Layer) -> tuple[list[str], list[str]]:
             "(each process emulates devices / nproc devices)"
         )
     method = v[_T["method"]]
-    if ok("method", "queue_size", "batch_size") and method == "mocov2":
+    if ok("method", "queue_size", "batch_size", "symmetric") and method == "mocov2":
         queue = v[_T["queue_size"]]
-        if queue % batch:
+        per_step = batch * (2 if v[_T["symmetric"]] else 1)
+        what = f"batch_size={batch}" if per_step == batch else f"2 x batch_size={per_step}"
+        if queue % per_step:
             errors.append(
-                f"method.queue_size: {queue} is not a multiple of batch_size={batch}; choose a "
-                f"multiple of {batch} (e.g. {max(1, queue // batch) * batch})"
+                f"method.queue_size: {queue} is not a multiple of {what} (keys enqueued per "
+                f"step); choose a multiple of {per_step} (e.g. "
+                f"{max(1, queue // per_step) * per_step})"
             )
     pred_hidden = v[_T["pred_hidden"]]
     if ok("method", "pred_hidden") and method == "mocov2" and pred_hidden is not None:
@@ -230,6 +233,7 @@ _T: dict[str, Target] = {
     "teacher_bn": ("teacher_bn",),
     "method": ("method", "name"),
     "queue_size": ("method", "queue_size"),
+    "symmetric": ("method", "symmetric"),
     "pred_hidden": ("method", "pred_hidden"),
     "warmup_epochs": ("optim", "warmup_epochs"),
     "epochs": ("epochs",),

@@ -144,6 +144,7 @@ OPTIMIZER = Section(
         "momentum": _leaf("optim", "momentum", check=c.number(0, 1, hi_open=True)),
         "warmup_epochs": _leaf("optim", "warmup_epochs", check=c.number(0)),
         "warmup_lr": _leaf("optim", "warmup_lr", check=c.number(0)),
+        "exclude_bn_and_bias": _leaf("optim", "exclude_bn_and_bias", check=c.boolean),
     }
 )
 EVAL = Section(
