@@ -28,12 +28,7 @@ import torch
 
 from suite import runtime
 from suite.cell import CellConfig, DataConfig, MethodConfig
-
-STANDARD_HEADS = {  # (proj_hidden, proj_dim, pred_hidden) of each method's reference recipe
-    "byol": (4096, 256, 4096),
-    "m2t": (4096, 256, 4096),
-    "mocov2": (None, 128, None),
-}
+from suite.recipes import recipe
 
 
 def bench_cell(
@@ -48,27 +43,20 @@ def bench_cell(
     precision: str = "auto",
     channels_last: bool | None = None,
 ) -> CellConfig:
-    """The cell a benchmark times: standard heads; BN strategies default to the method's recipe
-    (BYOL sync/sync, M2T local/momentum, MoCo v2 local/shuffle)."""
-    if student_bn is None or teacher_bn is None:
-        from suite.methods import METHODS
-
-        default_student, default_teacher = METHODS[method].default_bn
-        student_bn = student_bn or default_student
-        teacher_bn = teacher_bn or default_teacher
-    ph, pd, qh = STANDARD_HEADS[method]
+    """The cell a benchmark times: the method's recipe (``suite.recipes``: heads, BN strategies —
+    BYOL sync/sync, M2T local/momentum, MoCo v2 local/shuffle — unless given), as ``bnsuite
+    run`` resolves it."""
+    r = recipe(method)
     return CellConfig(
         experiment="bench",
         data=DataConfig(name="synthetic", image_size=image_size, num_workers=2),
         backbone=backbone,
-        method=MethodConfig(
-            name=method, proj_hidden=ph, proj_dim=pd, pred_hidden=qh, queue_size=4096
-        ),
+        method=MethodConfig(name=method, queue_size=4096),
         batch_size=batch_size,
         devices=devices,
         nproc=nproc,
-        student_bn=student_bn,
-        teacher_bn=teacher_bn,
+        student_bn=student_bn or r.student_bn,
+        teacher_bn=teacher_bn or r.teacher_bn,
         precision=precision,
         channels_last=channels_last,
     )

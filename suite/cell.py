@@ -16,13 +16,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from suite.recipes import RECIPES, recipe
 from suite.views import ViewSpec
 
 STRATEGIES = ("local", "sync", "momentum", "shuffle")
-METHODS = ("byol", "mocov2", "m2t")
+METHODS = tuple(RECIPES)  # byol, mocov2, m2t
 OPTIMIZERS = ("sgd", "lars")
 ENCODERS = ("student", "teacher")
 VARIANCES = ("official", "standard")
+HISTORIES = ("per_device", "shared")  # MomentumBN: one history per device, or one for all
+# Which BN statistics the evaluated encoder normalises with (recorded with every number): device
+# 0's running statistics / MomentumBN history, i.e. those of the checkpoint DDP rank 0 saves.
+EVAL_BN_STATISTICS = "device0"
 PRECISIONS = ("auto", "fp32", "bf16")
 NOT_HASHED = ("data.root", "data.num_workers", "log_every", "checkpoint_every")
 
@@ -59,6 +64,7 @@ class MethodConfig:
     queue_size: int = 65536  # MoCo v2 only; sized down to the data by the method
     temperature: float = 0.2  # MoCo v2 InfoNCE temperature
     symmetric: bool = False  # MoCo v2 symmetric loss
+    momentum_schedule: str | None = None  # teacher momentum: cosine / constant (None: recipe's)
     cifar_stem: bool | None = None  # None: automatic (image_size <= 64)
 
 
@@ -72,6 +78,8 @@ class OptimConfig:
     momentum: float = 0.9
     warmup_epochs: float = 10.0
     warmup_lr: float = 1e-6
+    # BYOL: biases and BN parameters get no weight decay and no LARS adaptation
+    exclude_bn_and_bias: bool = True
 
 
 @dataclass(frozen=True)
@@ -103,9 +111,12 @@ class CellConfig:
     batch_size: int = 64  # global batch per view
     devices: int = 1  # per-device BN statistics as on this many devices
     nproc: int = 1  # processes (torchrun); devices must be a multiple of nproc
+    # A cell built in code gives both; an experiment file leaves them to the method's recipe
+    # (suite.recipes: BYOL sync/sync, MoCo v2 local/shuffle, M2T local/momentum).
     student_bn: str = "local"
     teacher_bn: str = "local"
     bn_variance: str = "official"  # MomentumBN variance convention
+    bn_history: str = "per_device"  # MomentumBN: per_device (DDP, official) or shared (ablation)
     seed: int = 0
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool | None = None  # None: on CUDA only
@@ -121,7 +132,7 @@ class CellConfig:
     def eval_encoder(self) -> str:
         if self.eval.encoder is not None:
             return self.eval.encoder
-        return "teacher" if self.method.name == "m2t" else "student"
+        return recipe(self.method.name).eval_encoder
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -133,8 +133,28 @@ class StepTimer:
         }
 
 
-def build_optimizer(cell: CellConfig, params: list[nn.Parameter], world_batch: int):
-    """SGD (momentum) or LARS (timm) with lr = lr_per_256 · B / 256, weight decay on all params."""
+def parameter_groups(cell: CellConfig, module: nn.Module) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups (BYOL's rule, ``optimizer.exclude_bn_and_bias``).
+
+    With the exclusion on (the default): every parameter with ≤ 1 dimension — biases and the
+    BatchNorm weights and biases — forms a group with ``weight_decay = 0``, which timm's LARS
+    also leaves out of the trust-ratio adaptation (it adapts only where weight_decay ≠ 0); the
+    weights (convolutions, linear layers) get ``optimizer.weight_decay`` and LARS adaptation.
+    Off: one group, every parameter decayed (and adapted).
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    decay = cell.optim.weight_decay
+    if not cell.optim.exclude_bn_and_bias:
+        return [{"params": params, "weight_decay": decay}]
+    return [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(cell: CellConfig, params: list[nn.Parameter] | list[dict], world_batch: int):
+    """SGD (momentum) or LARS (timm) with lr = lr_per_256 · B / 256; ``params`` a list of
+    parameters (all decayed) or :func:`parameter_groups` (each group's own weight decay)."""
     lr = cell.optim.lr_per_256 * world_batch / 256
     if cell.optim.name == "sgd":
         return torch.optim.SGD(
@@ -232,7 +252,7 @@ def train_cell(
                 m, device_ids=[dev.index] if dev.type == "cuda" else None
             )
         )
-    optimizer = build_optimizer(cell, method.student_parameters(), cell.batch_size)
+    optimizer = build_optimizer(cell, parameter_groups(cell, method.student), cell.batch_size)
     scheduler = build_scheduler(cell, optimizer, total_steps, steps_per_epoch)
 
     # Each rank keeps its own file: the teacher's BN buffers (MomentumBN history) are per rank.

@@ -18,11 +18,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from suite.recipes import RECIPES, recipe
+
 if TYPE_CHECKING:
     from suite.cell import CellConfig
 
 AUGMENTATIONS = ("byol", "mocov2")
-AUG_ALIASES = {"m2t": "byol"}  # Momentum² Teacher uses BYOL's augmentation
+# a method whose name is not a view recipe → its recipe's views (m2t → byol)
+AUG_ALIASES = {
+    name: r.views for name, r in RECIPES.items() if r.views != name and name not in AUGMENTATIONS
+}
 SMALL_IMAGE = 64  # blur=None: no blur at or below this size
 
 
@@ -65,8 +70,9 @@ VIEW_KEYS = tuple(f.name for f in fields(ViewSpec))
 
 
 def aug_kind(method: str) -> str:
-    """The recipe of a method: ``mocov2`` for MoCo v2, ``byol`` for BYOL and m2t."""
-    return "mocov2" if method == "mocov2" else "byol"
+    """The view recipe of a method (``suite.recipes.Recipe.views``): ``mocov2`` for MoCo v2,
+    ``byol`` for BYOL and m2t."""
+    return recipe(method).views
 
 
 def view_specs(kind: str, *, blur: bool = True) -> tuple[ViewSpec, ViewSpec]:

@@ -4,27 +4,38 @@ from pathlib import Path
 
 import yaml
 
+from suite.check.baseline import load_baselines
+from suite.check.judge import matches
 from suite.config import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def experiments_by_name() -> dict[str, Path]:
+    """The shipped experiment files, keyed by the ``name`` each one declares."""
+    out = {}
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        out[yaml.safe_load(path.read_text())["name"]] = path
+    return out
+
+
 def test_paper_baselines_name_existing_experiments_and_valid_numbers():
-    data = yaml.safe_load((ROOT / "baselines" / "paper.yaml").read_text())
-    for table in ("stl10_table1", "imagenet_r50_batch128"):
-        section = data[table]
-        exp = load_experiment(
-            ROOT / "experiments" / f"{section['experiment']}.yaml", env={"DATA": "/data"}
-        )
-        pairs = {(c.student_bn, c.teacher_bn) for c in exp.cells()}
-        for row in section["rows"]:
-            assert row["expected"] is None or 0 < row["expected"] < 100
-            if "student_bn" in row and row["expected"] is not None:
-                assert (row["student_bn"], row["teacher_bn"]) in pairs, row
-    assert [r["expected"] for r in data["stl10_table1"]["rows"]] == [
-        88.06,
-        84.16,
-        87.12,
-        87.80,
-        88.18,
-    ]
+    """Every experiment section of baselines/paper.yaml names a shipped experiment file; every
+    entry and every relation group selects at least one of its cells; every expected percentage
+    lies in (0, 100) and every judged entry has a tolerance or bounds."""
+    files = experiments_by_name()
+    baselines = load_baselines(ROOT / "baselines" / "paper.yaml")
+    assert baselines
+    for name, baseline in baselines.items():
+        assert name in files, f"{name}: no experiment file declares this name"
+        cells = load_experiment(files[name], env={"DATA": "/data"}).cells()
+        trees = [c.to_dict() for c in cells]
+        for entry in baseline.entries:
+            assert any(matches(t, entry.match) for t in trees), entry.where
+            if entry.expected is not None:
+                if entry.unit == "percent":
+                    assert 0 < entry.expected < 100, entry.where
+                assert entry.tolerance is not None or entry.minimum is not None, entry.where
+        for relation in baseline.relations:
+            for group, layer in relation.groups.items():
+                assert any(matches(t, layer) for t in trees), f"{relation.where}: {group}"

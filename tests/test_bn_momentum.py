@@ -17,15 +17,22 @@ def beta(k, total):
 def reference_step(views, hist_mean, hist_var, k, total, devices, variance, weight, bias, eps=1e-5):
     """One training step of the official MomentumBN, from the paper's equations.
 
-    Each view, each device chunk: μ̂ = β·μ_B + (1−β)·μ_hist, σ̂² = β·s²_B + (1−β)·σ²_hist with
-    s²_B = torch.var(unbiased)·n/(n−1) (official) or biased var (standard); after all views,
-    history ← β·mean(stats) + (1−β)·history.
+    ``hist_mean``/``hist_var`` are [H, C]: H = D per-device histories (what D GPUs of the official
+    code hold) or H = 1 shared history (the ablation). Each view, each device chunk d: μ̂ = β·μ_B +
+    (1−β)·μ_hist(d), σ̂² = β·s²_B + (1−β)·σ²_hist(d), with s²_B = torch.var(unbiased)·n/(n−1)
+    (official) or the biased var (standard) and hist(d) = row d (per device) or row 0 (shared);
+    after all views, history_d ← β·mean_over_views(stats of chunk d) + (1−β)·history_d
+    (per device), or the shared row ← β·mean over views and chunks + (1−β)·row.
     """
     b_k = beta(k, total)
-    outs, means, variances = [], [], []
+    rows = hist_mean.shape[0]
+    outs = []
+    means = [[] for _ in range(devices)]
+    variances = [[] for _ in range(devices)]
     for x in views:
         chunks = []
-        for c in x.chunk(devices):
+        for d, c in enumerate(x.chunk(devices)):
+            h = d if rows > 1 else 0
             dims = [0] + list(range(2, c.dim()))
             n = c.numel() // c.shape[1]
             mu = c.mean(dim=dims)
@@ -36,16 +43,21 @@ def reference_step(views, hist_mean, hist_var, k, total, devices, variance, weig
             else:
                 s2_norm = var_unbiased * (n - 1) / n
                 s2_hist = var_unbiased
-            m_hat = b_k * mu + (1 - b_k) * hist_mean
-            v_hat = b_k * s2_norm + (1 - b_k) * hist_var
+            m_hat = b_k * mu + (1 - b_k) * hist_mean[h]
+            v_hat = b_k * s2_norm + (1 - b_k) * hist_var[h]
             shape = [1, -1] + [1] * (c.dim() - 2)
             y = (c - m_hat.view(shape)) / torch.sqrt(v_hat.view(shape) + eps)
             chunks.append(y * weight.view(shape) + bias.view(shape))
-            means.append(mu)
-            variances.append(s2_hist)
+            means[d].append(mu)
+            variances[d].append(s2_hist)
         outs.append(torch.cat(chunks))
-    new_mean = b_k * torch.stack(means).mean(0) + (1 - b_k) * hist_mean
-    new_var = b_k * torch.stack(variances).mean(0) + (1 - b_k) * hist_var
+    per_device_mean = torch.stack([torch.stack(m).mean(0) for m in means])  # [D, C]
+    per_device_var = torch.stack([torch.stack(v).mean(0) for v in variances])
+    if rows == 1:
+        per_device_mean = per_device_mean.mean(0, keepdim=True)
+        per_device_var = per_device_var.mean(0, keepdim=True)
+    new_mean = b_k * per_device_mean + (1 - b_k) * hist_mean
+    new_var = b_k * per_device_var + (1 - b_k) * hist_var
     return outs, new_mean, new_var
 
 
@@ -62,18 +74,22 @@ def test_batch_weight_schedule():
 
 
 @pytest.mark.parametrize("variance", ["official", "standard"])
-@pytest.mark.parametrize("devices", [1, 2])
+@pytest.mark.parametrize(
+    ("devices", "history"), [(1, "per_device"), (2, "per_device"), (2, "shared")]
+)
 @pytest.mark.parametrize("two_d", [True, False])
-def test_matches_reference_equations_step_by_step(variance, devices, two_d):
-    """Five steps of two views: outputs and history equal the equations at every step."""
+def test_matches_reference_equations_step_by_step(variance, devices, history, two_d):
+    """Five steps of two views: outputs and every history (per device, or the shared one) equal
+    the equations at every step; running_mean/var are device 0's history."""
     torch.manual_seed(0)
     total, c = 5, 4
     cls = MomentumBatchNorm2d if two_d else MomentumBatchNorm1d
-    bn = cls(c, total_steps=total, variance=variance, devices=devices)
+    bn = cls(c, total_steps=total, variance=variance, devices=devices, history=history)
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-1, 1)
-    hist_mean, hist_var = torch.zeros(c), torch.ones(c)
+    rows = devices if history == "per_device" else 1
+    hist_mean, hist_var = torch.zeros(rows, c), torch.ones(rows, c)
     for k in range(total + 1):
         shape = (8, c, 3, 3) if two_d else (8, c)
         views = [torch.randn(*shape) * (k + 1) + k, torch.randn(*shape) * 0.5 - k]
@@ -83,8 +99,10 @@ def test_matches_reference_equations_step_by_step(variance, devices, two_d):
         outs = [bn(v) for v in views]  # official order teacher(x2), teacher(x1) is just order
         for got, want in zip(outs, ref_outs, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(bn.running_mean, hist_mean, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(bn.running_var, hist_var, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.device_mean, hist_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.device_var, hist_var, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.running_mean, hist_mean[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.running_var, hist_var[0], rtol=1e-5, atol=1e-6)
         assert bn.step == k + 1
 
 
@@ -197,3 +215,28 @@ def test_bad_arguments_name_the_field():
         MomentumBatchNorm2d(3, total_steps=0)
     with pytest.raises(ValueError, match="official, standard"):
         MomentumBatchNorm2d(3, total_steps=5, variance="bessel")
+
+
+def test_per_device_histories_differ_and_each_follows_only_its_own_chunk():
+    """Two devices fed very different chunks: after a step with β < 1 the two histories differ,
+    and device 1's history is unchanged when only device 0's chunk changes (no cross-device
+    reduction, as on GPUs); the shared ablation mixes both chunks into one row."""
+    torch.manual_seed(0)
+    a = MomentumBatchNorm1d(3, total_steps=4, views_per_step=1, devices=2)
+    b = MomentumBatchNorm1d(3, total_steps=4, views_per_step=1, devices=2)
+    low, high = torch.randn(4, 3), torch.randn(4, 3) * 3 + 10
+    a(torch.cat([low, high]))
+    b(torch.cat([low * 5 - 2, high]))  # device 0's chunk differs, device 1's is the same
+    assert not torch.allclose(a.device_mean[0], a.device_mean[1], atol=1.0)
+    torch.testing.assert_close(a.device_mean[1], b.device_mean[1])
+    torch.testing.assert_close(a.device_var[1], b.device_var[1])
+    assert not torch.allclose(a.device_mean[0], b.device_mean[0])
+    shared = MomentumBatchNorm1d(3, total_steps=4, views_per_step=1, devices=2, history="shared")
+    shared(torch.cat([low, high]))
+    assert shared.device_mean.shape == (1, 3)
+    torch.testing.assert_close(shared.running_mean, a.device_mean.mean(0))
+
+
+def test_unknown_history_is_refused():
+    with pytest.raises(ValueError, match="per_device, shared"):
+        MomentumBatchNorm2d(3, total_steps=5, history="global")

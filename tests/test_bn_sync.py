@@ -95,17 +95,29 @@ def test_sync_on_two_gloo_processes_equals_bn_on_concatenated_batch(kind, ranks)
 
 
 def test_sync_with_two_views_per_forward_keeps_views_apart(ranks):
-    """Views concatenated on 2 ranks == plain BN on each whole view separately."""
+    """Views concatenated on 2 ranks == plain BN on each whole view separately (one nn.BatchNorm
+    forwarded on view 1, then on view 2): outputs, input gradients, weight/bias gradients (summed
+    over ranks, as DDP does) and the running statistics after both views' updates."""
     ranks = [r[("2d", 2)] for r in ranks]
     x, dy, w, b = _data(SHAPES["2d"])
     half, per = 8, 4
-    y_ref = []
-    for v in range(2):
-        yv, *_ = _reference("2d", x[v * half : (v + 1) * half], dy[v * half : (v + 1) * half], w, b)
-        y_ref.append(yv)
+    bn = torch.nn.BatchNorm2d(w.numel())
+    with torch.no_grad():
+        bn.weight.copy_(w)
+        bn.bias.copy_(b)
+    xr = x.clone().requires_grad_()
+    y_ref = [bn(xr[v * half : (v + 1) * half]) for v in range(2)]
+    (torch.cat(y_ref) * dy).sum().backward()
+    tol = {"rtol": 1e-5, "atol": 1e-5}
     for rank, r in enumerate(ranks):
+        mine = [slice(v * half + rank * per, v * half + (rank + 1) * per) for v in range(2)]
         want = torch.cat([y_ref[v][rank * per : (rank + 1) * per] for v in range(2)])
-        torch.testing.assert_close(r["y"], want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(r["y"], want.detach(), **tol)
+        torch.testing.assert_close(r["grad"], torch.cat([xr.grad[s] for s in mine]), **tol)
+        torch.testing.assert_close(r["rm"], bn.running_mean, **tol)
+        torch.testing.assert_close(r["rv"], bn.running_var, **tol)
+    torch.testing.assert_close(sum(r["gw"] for r in ranks), bn.weight.grad, **tol)
+    torch.testing.assert_close(sum(r["gb"] for r in ranks), bn.bias.grad, **tol)
 
 
 def test_sync_outside_a_process_group_is_plain_batchnorm():

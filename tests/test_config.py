@@ -10,6 +10,7 @@ import pytest
 
 from suite.cell import (
     ENCODERS,
+    HISTORIES,
     METHODS,
     OPTIMIZERS,
     PRECISIONS,
@@ -142,6 +143,7 @@ def test_numbers_written_as_strings_are_read_as_numbers(tmp_path):
         ("method: {name: mocov3}", "method.name", "a method", METHODS),
         ("optimizer: {name: lars2}", "optimizer.name", "an optimizer", OPTIMIZERS),
         ("bn_variance: oficial", "bn_variance", "a variance convention", VARIANCES),
+        ("bn_history: per_devise", "bn_history", "a history layout", HISTORIES),
         ("precision: bf61", "precision", "a precision", PRECISIONS),
         ("eval: {encoder: techer}", "eval.encoder", "an encoder", ENCODERS),
         ("dataset: {name: stl11}", "dataset.name", "a dataset", tuple(DATASETS)),
@@ -224,6 +226,14 @@ def test_moco_queue_not_a_multiple_of_the_global_batch(tmp_path):
     msg = the_error(tmp_path, text)
     assert msg.startswith("cell 1 (method={name: mocov2, queue_size: 100}): method.queue_size: 100")
     assert "choose a multiple of 64" in msg
+
+
+def test_symmetric_moco_queue_must_hold_whole_steps_of_two_keys_per_image(tmp_path):
+    """Symmetric MoCo enqueues 2B keys a step: 192 is a multiple of B = 64 but not of 128."""
+    text = HEAD + "batch_size: 64\nmethod: {name: mocov2, queue_size: 192, symmetric: true}\n"
+    msg = the_error(tmp_path, text)
+    assert "method.queue_size: 192 is not a multiple of 2 x batch_size=128" in msg
+    assert "choose a multiple of 128" in msg
 
 
 def test_moco_inheriting_a_predictor_width_is_rejected(tmp_path):
@@ -406,13 +416,14 @@ def test_top_level_values_are_defaults_and_axis_mappings_override_only_their_key
     assert cells[0].eval == default.eval and cells[0].log_every == default.log_every
 
 
-def test_m2t_implies_local_student_and_momentum_teacher_unless_given(tmp_path):
+def test_each_method_gets_its_recipes_bn_pair_unless_given(tmp_path):
+    """byol → sync/sync, m2t → local/momentum; a value the file gives is kept."""
     text = HEAD + NO_WARMUP + "matrix: {method: [byol, m2t]}\n"
     text += "include: [{method: m2t, student_bn: sync}]\n"
     exp = load(tmp_path, text)
     got = [(c.method.name, c.student_bn, c.teacher_bn) for c in exp.cells()]
     assert got == [
-        ("byol", "local", "local"),
+        ("byol", "sync", "sync"),
         ("m2t", "local", "momentum"),
         ("m2t", "sync", "momentum"),
     ]

@@ -13,6 +13,7 @@ from suite.cell import CellConfig, DataConfig, MethodConfig
 from suite.methods import METHODS, MoCoV2, build_method
 from suite.methods.base import cosine_momentum
 from suite.methods.mocov2 import info_nce, queue_length
+from suite.recipes import RECIPES
 
 SIZE, BATCH = 8, 8
 HEADS = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 32}
@@ -24,6 +25,8 @@ REORDERED = {"rtol": 1e-4, "atol": 1e-4}
 
 def make_cell(method="byol", student_bn="local", teacher_bn="local", devices=1, **overrides):
     heads = MOCO_HEADS if method == "mocov2" else HEADS
+    if overrides.get("symmetric"):  # 2B keys per step: a queue of 2 steps' keys
+        heads = {**heads, "queue_size": 4 * BATCH}
     method_cfg = MethodConfig(name=method, **{**heads, **overrides})
     return CellConfig(
         backbone="test_resnet",
@@ -237,8 +240,10 @@ def test_info_nce_equals_cross_entropy_over_positive_then_queue_logits():
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_moco_loss_from_module_outputs_and_keys_enqueued(symmetric):
-    """loss = InfoNCE(student(x1), teacher(x2), queue) (symmetric: mean with (x2, x1));
-    afterwards the first B rows of the queue hold normalize(teacher(x2)) and the pointer is B."""
+    """loss = InfoNCE(student(x1), teacher(x2), queue); afterwards the first B rows of the queue
+    hold normalize(teacher(x2)) and the pointer is B. Symmetric (MoCo's own variant): the sum
+    with InfoNCE(student(x2), teacher(x1)), and both keys enqueued — rows [0, B) teacher(x1),
+    [B, 2B) teacher(x2), pointer 2B."""
     m = make("mocov2", symmetric=symmetric)
     ref = copy.deepcopy(m)
     x1, x2 = views()
@@ -247,12 +252,15 @@ def test_moco_loss_from_module_outputs_and_keys_enqueued(symmetric):
     with torch.no_grad():
         k1, k2 = ref.teacher(x2), ref.teacher(x1)
     expected = info_nce(ref.student(x1), k1, ref.queue, 0.2)
+    enqueued = [unit(k1)]
     if symmetric:
-        expected = (expected + info_nce(ref.student(x2), k2, ref.queue, 0.2)) / 2
+        expected = expected + info_nce(ref.student(x2), k2, ref.queue, 0.2)
+        enqueued = [unit(k2), unit(k1)]
     torch.testing.assert_close(loss, expected)
-    torch.testing.assert_close(m.queue[:BATCH], unit(k1))
-    assert torch.equal(m.queue[BATCH:], ref.queue[BATCH:])
-    assert int(m.queue_ptr) == BATCH
+    rows = len(enqueued) * BATCH
+    torch.testing.assert_close(m.queue[:rows], torch.cat(enqueued))
+    assert torch.equal(m.queue[rows:], ref.queue[rows:])
+    assert int(m.queue_ptr) == rows
 
 
 def test_enqueue_writes_at_the_pointer_and_wraps_around():
@@ -277,6 +285,28 @@ def test_queue_length_is_sized_down_to_whole_batches_of_the_data():
         queue_length(1000, 256, 50_000)
     with pytest.raises(ValueError, match=r"100 samples, fewer than one global batch of 256"):
         queue_length(65536, 256, 100)
+
+
+def test_symmetric_queue_holds_whole_steps_of_two_keys_per_image():
+    """Symmetric MoCo enqueues 2B keys a step: K is sized to ⌊N/B⌋·2B and must be a multiple of
+    2B (a multiple of B only is refused, here and in the experiment-file check)."""
+    assert queue_length(10**6, 256, 50_000, keys_per_step=512) == 195 * 512
+    with pytest.raises(ValueError, match=r"multiple of the keys per step \(2 x batch\) 512"):
+        queue_length(256 * 3, 256, 50_000, keys_per_step=512)
+    with pytest.raises(ValueError, match="keys per step"):
+        make("mocov2", symmetric=True, queue_size=3 * BATCH)
+
+
+def test_a_queue_over_half_the_ssl_set_is_warned_about(caplog):
+    """Queue 24 of 40 samples (> half): a warning naming both numbers; 24 of 100: none."""
+    torch.manual_seed(0)
+    with caplog.at_level("WARNING", logger="suite.methods.mocov2"):
+        build_method(make_cell("mocov2"), total_steps=4, num_ssl_samples=40)
+    assert "holds 24 keys, more than half of the 40 SSL samples" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="suite.methods.mocov2"):
+        make("mocov2")
+    assert caplog.text == ""
 
 
 def test_moco_rejects_a_predictor():
@@ -318,8 +348,8 @@ def test_moco_momentum_teacher_commits_once_per_step(symmetric, views_per_step):
 def test_one_optimizer_step_trains_the_student_and_the_teacher_follows_by_ema_only(name):
     """Step 0 then step 1 with the method's own BN pair on 2 devices: the student moves by SGD; the
     teacher gets no gradient and after step 1 equals m1·θ_t + (1 − m1)·θ_s (θ_s after step 0)."""
-    cls = METHODS[name]
-    m = make(name, student_bn=cls.default_bn[0], teacher_bn=cls.default_bn[1], devices=2)
+    r = RECIPES[name]
+    m = make(name, student_bn=r.student_bn, teacher_bn=r.teacher_bn, devices=2)
     opt = torch.optim.SGD(m.student_parameters(), lr=0.5)
     s_before = clone_params(m.student)
     loss, logs = m.training_step(*views(seed=0), step=0)
@@ -340,8 +370,8 @@ def test_one_optimizer_step_trains_the_student_and_the_teacher_follows_by_ema_on
 def test_state_dict_resumes_bit_identically(name):
     """Train 2 steps, load the state into a freshly built method (other seed): step 3 is identical
     (teacher, BN histories and pending views, queue and pointer all travel in state_dict)."""
-    cls = METHODS[name]
-    cell_kw = {"student_bn": cls.default_bn[0], "teacher_bn": cls.default_bn[1], "devices": 2}
+    r = RECIPES[name]
+    cell_kw = {"student_bn": r.student_bn, "teacher_bn": r.teacher_bn, "devices": 2}
     a = make(name, **cell_kw)
     opt_a = torch.optim.SGD(a.student_parameters(), lr=0.5, momentum=0.9)
     for step in range(2):
@@ -364,7 +394,7 @@ def test_state_dict_resumes_bit_identically(name):
 
 def test_registry_builds_the_named_class():
     assert isinstance(make("mocov2"), MoCoV2)
-    assert METHODS["m2t"].default_bn == ("local", "momentum")
+    assert METHODS["m2t"].name == "m2t" and RECIPES["m2t"].bn == ("local", "momentum")
     assert make_cell("m2t").eval_encoder == "teacher"
 
 

@@ -527,7 +527,8 @@ def test_finished_run_holds_params_tags_metrics_and_summary(resumed):
     uri = resumed["uri"]
     cell = load_experiment(resumed["path"]).cells()[0]
     (row,) = resumed["runs"][cell.cell_id]
-    assert row["params"] == {k: str(v) for k, v in cell.flat().items()}
+    flat = {k: str(v) for k, v in cell.flat().items()}
+    assert row["params"] == {**flat, "eval.bn_statistics": "device0"}
     assert row["tags"][CELL_TAG] == cell.cell_id
     assert row["tags"]["suite.eval_encoder"] == "student"
     metrics = row["metrics"]

@@ -290,7 +290,8 @@ def test_to_table_and_latest_per_cell():
 # -- runs ----------------------------------------------------------------------------------------
 def test_full_run_is_read_back_with_params_tags_metrics(store, tmp_path):
     """start → metrics at steps → log_dict → finish: read_runs returns params == cell.flat()
-    (as strings), the cell-id tag, last metric values; finished_cell_ids has the id."""
+    (as strings) plus eval.bn_statistics = device0 (what evaluation normalises with), the
+    cell-id tag, last metric values; finished_cell_ids has the id."""
     tracker = Tracker(store, EXPERIMENT)
     c = cell(seed=1)
     run = tracker.start_cell(c, extra_tags={"suite.device": "test-device"})
@@ -304,7 +305,9 @@ def test_full_run_is_read_back_with_params_tags_metrics(store, tmp_path):
     (row,) = read_runs(store, EXPERIMENT)
     assert row["run_id"] == run.run_id and row["status"] == "FINISHED"
     assert row["cell_id"] == c.cell_id == row["tags"][CELL_TAG]
-    assert row["params"] == {k: str(v) for k, v in c.flat().items()}
+    flat = {k: str(v) for k, v in c.flat().items()}
+    assert row["params"] == {**flat, "eval.bn_statistics": "device0"}
+    assert row["params"]["bn_history"] == "per_device"
     assert row["tags"]["suite.device"] == "test-device"
     assert row["tags"]["suite.git_commit"]
     assert row["run_name"] == "byol s=local t=local b=64 d=1 seed=1"

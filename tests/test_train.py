@@ -1,5 +1,6 @@
 """The training loop: schedules, determinism, resume, divergence, DDP == emulated devices."""
 
+import dataclasses
 import math
 import os
 
@@ -216,3 +217,29 @@ def test_ddp_on_two_processes_equals_two_emulated_devices(bn, tmp_path):
     # each rank's loss is the mean over its half: their mean is the global loss
     ddp_losses = [(a + b) / 2 for a, b in zip(ranks[0], ranks[1], strict=True)]
     assert ddp_losses == pytest.approx(losses, rel=1e-4, abs=1e-5)
+
+
+def test_lars_excludes_bn_and_biases_from_weight_decay_and_adaptation():
+    """BYOL's rule (optimizer.exclude_bn_and_bias, default on): one LARS step moves a bias and a
+    BN weight by exactly −lr·grad (no decay, no trust ratio) and a conv weight by the trust-ratio
+    adapted, decayed step; with the rule off the BN weight is adapted too."""
+    from suite.train import parameter_groups
+
+    def step(exclude):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+        optim = OptimConfig(name="lars", lr_per_256=0.1, weight_decay=0.5, momentum=0.0)
+        cell = tiny_cell(optim=dataclasses.replace(optim, exclude_bn_and_bias=exclude))
+        opt = build_optimizer(cell, parameter_groups(cell, net), world_batch=256)
+        net(torch.randn(2, 3, 5, 5)).square().sum().backward()
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+        opt.step()
+        return {n: p.detach() - before[n] for n, p in net.named_parameters()}, grads
+
+    moved, grads = step(True)
+    for name in ("0.bias", "1.weight", "1.bias"):
+        torch.testing.assert_close(moved[name], -0.1 * grads[name])
+    assert not torch.allclose(moved["0.weight"], -0.1 * grads["0.weight"])
+    moved_off, _ = step(False)
+    assert not torch.allclose(moved_off["1.weight"], -0.1 * grads["1.weight"])

@@ -21,6 +21,7 @@ class BNOptions:
     total_steps: int | None = None
     views_per_step: int = 2
     variance: str = "official"
+    history: str = "per_device"
 
 
 def _is_1d(bn: _BN) -> bool:
@@ -49,6 +50,7 @@ def _momentum(bn: _BN, o: BNOptions) -> _BN:
         variance=o.variance,
         devices=o.devices,
         affine=bn.affine,
+        history=o.history,
     )
 
 
@@ -106,12 +108,15 @@ def convert_bn(
     total_steps: int | None = None,
     views_per_step: int = 2,
     variance: str = "official",
+    history: str = "per_device",
 ) -> nn.Module:
     """Replace every BatchNorm1d/2d in ``module`` (in place) by ``strategy``'s layer.
 
     Affine parameters and running buffers are copied, so a model in eval mode computes the same
     outputs before and after conversion (a fresh model's buffers are mean 0 / variance 1, the
-    official MomentumBN start). MomentumBN's step counter starts at 0. timm's ``BatchNormAct2d``
+    official MomentumBN start). MomentumBN's step counter starts at 0 and each of its histories
+    (``history``: ``per_device``, one per emulated device, or ``shared``) starts from the copied
+    running buffers. timm's ``BatchNormAct2d``
     keeps its dropout and activation around the new layer. Returns ``module`` (or the new layer
     if ``module`` is itself a BatchNorm).
 
@@ -121,7 +126,7 @@ def convert_bn(
         raise ValueError(f"unknown BN strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     if devices < 1:
         raise ValueError(f"devices must be >= 1, got {devices}")
-    options = BNOptions(devices, total_steps, views_per_step, variance)
+    options = BNOptions(devices, total_steps, views_per_step, variance, history)
     if isinstance(module, _BN):
         return _convert_one(module, strategy, options)
     for name, child in list(module.named_children()):
@@ -135,6 +140,7 @@ def convert_bn(
                 total_steps=total_steps,
                 views_per_step=views_per_step,
                 variance=variance,
+                history=history,
             )
     return module
 

@@ -178,13 +178,12 @@ def update_running_stats(
 ) -> None:
     """EMA of running statistics, as nn.BatchNorm: r ← (1 − m)·r + m·stat, variance unbiased.
 
-    ``mean``/``var_biased`` are [G, C] statistics of G groups that one forward saw; the update uses
-    their mean over groups, which equals averaging G per-device running buffers updated alike.
+    ``mean``/``var_biased`` are the [C] statistics of one group (one device's chunk of one view).
     """
     unbiased = var_biased * (count / max(count - 1, 1))
     with torch.no_grad():
-        running_mean.lerp_(mean.mean(0).to(running_mean.dtype), momentum)
-        running_var.lerp_(unbiased.mean(0).to(running_var.dtype), momentum)
+        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+        running_var.lerp_(unbiased.to(running_var.dtype), momentum)
 
 
 def momentum_of(bn: nn.modules.batchnorm._BatchNorm) -> float:
@@ -203,8 +202,12 @@ def batch_norm_train(
 ) -> Tensor:
     """Train-mode forward of a BN layer with ``views × devices`` groups (view-major order).
 
-    Running statistics get one update per view (the mean over that view's device chunks), so one
-    call with V concatenated views leaves the buffers exactly as V separate calls would.
+    Running statistics get one update per view from **device 0's chunk** of that view — what
+    DDP leaves in the buffers that rank 0 checkpoints and evaluates: for a DDP-wrapped student,
+    ``broadcast_buffers=True`` (the default) hands every rank rank 0's buffers at each forward,
+    so only rank 0's update survives; a teacher's buffers are per process and rank 0 saves its
+    own. (With a process group, ``sync`` has one group per view holding the global statistics.)
+    One call with V concatenated views leaves the buffers exactly as V separate calls would.
     """
     groups = devices * views
     if x.shape[0] % groups:
@@ -237,9 +240,9 @@ def batch_norm_train(
     if track:
         for v in range(views):
             bn.num_batches_tracked.add_(1)
-            sl = slice(v * devices, (v + 1) * devices)
+            first = v * devices  # device 0's chunk of view v
             update_running_stats(
-                bn.running_mean, bn.running_var, mean[sl], var[sl], count, momentum_of(bn)
+                bn.running_mean, bn.running_var, mean[first], var[first], count, momentum_of(bn)
             )
     return y
 

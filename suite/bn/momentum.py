@@ -23,10 +23,19 @@ where μ_B is the view's batch mean and s²_B its variance in the chosen convent
 so the second view's normalisation never contains the first view's statistics. The history starts
 at mean 0 / variance 1 (irrelevant at k = 0, where β = 1). Eval mode normalises with the history.
 
-**Devices.** With ``devices=D`` each of the D contiguous chunks is normalised with its own batch
-statistics mixed with the shared history; the history update uses the mean over chunks (and
-views). The official code keeps one history per GPU; a shared history over emulated devices is
-the suite's choice for single-process emulation (it averages D per-device histories' inputs).
+**Devices.** With ``devices=D`` the batch is cut into D contiguous chunks (chunk d = the samples
+DDP rank d would hold). ``history="per_device"`` (the default; what DDP and the official code
+compute, which never reduce the history across GPUs) keeps D histories, ``device_mean`` /
+``device_var`` of shape [D, C]: chunk d is normalised with its own statistics mixed with
+history d, and history d is updated from chunk d's statistics alone,
+
+    history_{d,k} = β_k·mean_over_views(stats of chunk d) + (1 − β_k)·history_{d,k−1}.
+
+``running_mean`` / ``running_var`` hold device 0's history — what eval mode normalises with and
+what the official evaluation uses (the checkpoint rank 0 saves). ``history="shared"`` (an
+ablation) keeps one history for all chunks, updated with the mean over chunks (and views): far
+less noisy than D per-device histories, so it is *not* what D GPUs compute. Under DDP with P
+processes each layer has ``devices = D/P`` (its process's share) and keeps that many histories.
 
 The step counter (``num_batches_tracked`` = completed steps k) and the pending statistics of the
 views seen so far in the current step are buffers, so ``state_dict`` resumes the schedule exactly.
@@ -44,6 +53,7 @@ from suite.bn.functional import acc_dtype, batch_norm_eval, group_stats, grouped
 from suite.bn.views import ViewAware
 
 VARIANCES = ("official", "standard")
+HISTORIES = ("per_device", "shared")
 
 
 class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
@@ -57,6 +67,7 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
         variance: str = "official",
         devices: int = 1,
         affine: bool = True,
+        history: str = "per_device",
     ) -> None:
         super().__init__(num_features, eps, None, affine, track_running_stats=True)
         if total_steps is None or int(total_steps) < 1:
@@ -68,13 +79,21 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
             raise ValueError(f"variance={variance!r} is not valid; choose from {choices}")
         if devices < 1:
             raise ValueError(f"devices must be >= 1, got {devices}")
+        if history not in HISTORIES:
+            choices = ", ".join(HISTORIES)
+            raise ValueError(f"history={history!r} is not valid; choose from {choices}")
+        self.history = history
         self.total_steps = int(total_steps)
         self.views_per_step = views_per_step
         self.variance = variance
         self.devices = devices
         self.views = 1
-        self.register_buffer("pending_mean", torch.zeros(num_features))
-        self.register_buffer("pending_var", torch.zeros(num_features))
+        rows = self.history_rows
+        # History h of [H, C] (H = devices per_device, 1 shared); row 0 mirrors running_*.
+        self.register_buffer("device_mean", torch.zeros(rows, num_features))
+        self.register_buffer("device_var", torch.ones(rows, num_features))
+        self.register_buffer("pending_mean", torch.zeros(rows, num_features))
+        self.register_buffer("pending_var", torch.zeros(rows, num_features))
         self.register_buffer("pending_views", torch.tensor(0, dtype=torch.long))
         # Host-side mirrors of the two counters: reading a CUDA buffer with .item() would stall
         # the CPU until the GPU catches up, several times per layer per step. The buffers stay
@@ -86,8 +105,13 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
         return (
             f"{self.num_features}, eps={self.eps}, total_steps={self.total_steps}, "
             f"views_per_step={self.views_per_step}, variance={self.variance!r}, "
-            f"devices={self.devices}"
+            f"devices={self.devices}, history={self.history!r}"
         )
+
+    @property
+    def history_rows(self) -> int:
+        """Number of histories H: ``devices`` (per_device) or 1 (shared)."""
+        return self.devices if self.history == "per_device" else 1
 
     @property
     def step(self) -> int:
@@ -100,8 +124,11 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
         self._pending = int(self.pending_views.item())
 
     def restart_schedule(self) -> None:
-        """k = 0 and no pending views (after copying another layer's buffers)."""
+        """k = 0 and no pending views; every history row ← ``running_mean``/``running_var``
+        (after copying another layer's buffers into them)."""
         with torch.no_grad():
+            self.device_mean.copy_(self.running_mean.expand_as(self.device_mean))
+            self.device_var.copy_(self.running_var.expand_as(self.device_var))
             self.num_batches_tracked.zero_()
             self.pending_views.zero_()
             self.pending_mean.zero_()
@@ -137,8 +164,11 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
                 var_norm = var_biased
                 var_hist = var_biased * bessel
             acc = acc_dtype(x)
-            mu = beta * mean + (1.0 - beta) * self.running_mean.to(acc)
-            sigma2 = beta * var_norm + (1.0 - beta) * self.running_var.to(acc)
+            # group g = view·D + device: history row `device` (per_device) or row 0 (shared)
+            hist_mean = self.device_mean.to(acc).repeat(views if self.history_rows > 1 else 1, 1)
+            hist_var = self.device_var.to(acc).repeat(views if self.history_rows > 1 else 1, 1)
+            mu = beta * mean + (1.0 - beta) * hist_mean
+            sigma2 = beta * var_norm + (1.0 - beta) * hist_var
             scale = torch.rsqrt(sigma2 + self.eps)  # [G, C]
         w = self.weight.to(acc) if self.weight is not None else None
         b = self.bias.to(acc) if self.bias is not None else None
@@ -152,16 +182,24 @@ class _MomentumBatchNorm(nn.modules.batchnorm._BatchNorm, ViewAware):
 
     @torch.no_grad()
     def _accumulate(self, mean: Tensor, var: Tensor, views: int, devices: int, beta: float) -> None:
-        """Add this forward's views to the pending statistics; commit after views_per_step."""
-        # mean over device chunks, summed over views: [V·D, C] → [C]
-        self.pending_mean.add_(mean.view(views, devices, -1).mean(1).sum(0))
-        self.pending_var.add_(var.view(views, devices, -1).mean(1).sum(0))
+        """Add this forward's views to the pending statistics; commit after views_per_step.
+
+        Pending (and history) row d collects chunk d's statistics summed over views
+        (per_device), or the mean over chunks summed over views (shared).
+        """
+        per_view = (mean.view(views, devices, -1), var.view(views, devices, -1))  # [V, D, C]
+        if self.history_rows == 1:
+            per_view = tuple(t.mean(1, keepdim=True) for t in per_view)  # [V, 1, C]
+        self.pending_mean.add_(per_view[0].sum(0).to(self.pending_mean.dtype))
+        self.pending_var.add_(per_view[1].sum(0).to(self.pending_var.dtype))
         self.pending_views.add_(views)
         self._pending += views
         if self._pending == self.views_per_step:
             count = float(self.views_per_step)
-            self.running_mean.mul_(1.0 - beta).add_(self.pending_mean / count, alpha=beta)
-            self.running_var.mul_(1.0 - beta).add_(self.pending_var / count, alpha=beta)
+            self.device_mean.mul_(1.0 - beta).add_(self.pending_mean / count, alpha=beta)
+            self.device_var.mul_(1.0 - beta).add_(self.pending_var / count, alpha=beta)
+            self.running_mean.copy_(self.device_mean[0])  # device 0's history: eval, checkpoint
+            self.running_var.copy_(self.device_var[0])
             self.num_batches_tracked.add_(1)
             self.pending_mean.zero_()
             self.pending_var.zero_()

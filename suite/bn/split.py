@@ -7,9 +7,12 @@ statistics:
 
     y_i = γ·(x_i − μ_d)/sqrt(σ²_d + ε) + b   for sample i in chunk d   (σ²_d biased).
 
-Running statistics are updated with the mean over chunks of the chunks' statistics (unbiased
-variance), which equals the average of D per-device running buffers. (lightly's SplitBatchNorm
-groups samples by stride instead — s, s+S, … — which is not what DDP ranks see.)
+Running statistics (unbiased variance) are updated from device 0's chunk only: that is what DDP
+leaves in the buffers rank 0 checkpoints and evaluates (a DDP-wrapped student with the default
+``broadcast_buffers=True`` starts every forward from rank 0's buffers, so the other ranks'
+updates are discarded; a teacher keeps per-process buffers and rank 0 saves its own). Averaging
+the D chunks would be a less noisy estimate that no D-GPU run computes. (lightly's
+SplitBatchNorm groups samples by stride instead — s, s+S, … — which is not what DDP ranks see.)
 """
 
 from __future__ import annotations

@@ -18,8 +18,17 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from suite.cell import ENCODERS, METHODS, OPTIMIZERS, PRECISIONS, STRATEGIES, VARIANCES
+from suite.cell import (
+    ENCODERS,
+    HISTORIES,
+    METHODS,
+    OPTIMIZERS,
+    PRECISIONS,
+    STRATEGIES,
+    VARIANCES,
+)
 from suite.config.errors import Invalid, choose_from, show, suggest
+from suite.recipes import MOMENTUM_SCHEDULES
 
 Check = Callable[[Any], Any]
 
@@ -183,5 +192,7 @@ method_name = choice(METHODS, "a method")
 optimizer_name = choice(OPTIMIZERS, "an optimizer")
 encoder = optional(choice(ENCODERS, "an encoder"))
 variance = choice(VARIANCES, "a variance convention")
+history = choice(HISTORIES, "a history layout")
+momentum_schedule = choice(MOMENTUM_SCHEDULES, "a momentum schedule")
 precision = choice(PRECISIONS, "a precision")
 dataset = choice(dataset_names, "a dataset")

@@ -3,8 +3,9 @@
 Cells, in order: the cross product of the matrix axes (first axis slowest, axes in file order);
 then each ``include`` entry; every one of them repeated over the top-level ``seeds`` (innermost).
 A cell's values are the merge of the file's defaults, then its matrix combination or include
-entry; ``method: m2t`` then fills ``student_bn: local`` and ``teacher_bn: momentum`` where the file
-gives no value for that cell; ``data_root`` fills ``dataset.root`` where the file gives none;
+entry; the method's recipe (:data:`suite.recipes.RECIPES`) then fills ``student_bn`` and
+``teacher_bn`` where the file gives no value for that cell (BYOL sync/sync, MoCo v2
+local/shuffle, m2t local/momentum); ``data_root`` fills ``dataset.root`` where the file gives none;
 the two views are resolved in full (:func:`resolve_aug`: method recipe < small-image blur rule <
 dataset default < the file's ``aug`` keys), so every cell carries the views it trains with.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from suite.cell import AugConfig, CellConfig, DataConfig, EvalConfig, MethodConfig, OptimConfig
 from suite.config.schema import INVALID, VIEWS, Layer, Target
+from suite.recipes import RECIPES, recipe
 from suite.views import aug_kind, dataset_view_defaults, resolve_views
 
 _DEFAULT = CellConfig()
@@ -28,7 +30,12 @@ _SUBCONFIGS = {
     "optim": OptimConfig,
     "eval": EvalConfig,
 }
-M2T_DEFAULTS = {("student_bn",): "local", ("teacher_bn",): "momentum"}
+
+
+def recipe_defaults(method: str) -> Layer:
+    """The layer a method's recipe fills where the file gives no value: its BN pair."""
+    r = recipe(method)
+    return {("student_bn",): r.student_bn, ("teacher_bn",): r.teacher_bn}
 
 
 @dataclass(frozen=True)
@@ -76,10 +83,11 @@ def drafts(
 
 
 def resolve(draft: Draft, data_root: str | None) -> Layer:
-    """Apply the m2t defaults and the data root to a draft's layer."""
+    """Apply the method's recipe (its BN pair) and the data root to a draft's layer."""
     layer = dict(draft.layer)
-    if value(layer, ("method", "name")) == "m2t":
-        for target, strategy in M2T_DEFAULTS.items():
+    method = value(layer, ("method", "name"))
+    if method in RECIPES:  # an invalid name is already reported
+        for target, strategy in recipe_defaults(method).items():
             layer.setdefault(target, strategy)
     if data_root is not None:
         layer.setdefault(("data", "root"), data_root)
@@ -175,12 +183,15 @@ def combination_problems(layer: Layer) -> tuple[list[str], list[str]]:
             "(each process emulates devices / nproc devices)"
         )
     method = v[_T["method"]]
-    if ok("method", "queue_size", "batch_size") and method == "mocov2":
+    if ok("method", "queue_size", "batch_size", "symmetric") and method == "mocov2":
         queue = v[_T["queue_size"]]
-        if queue % batch:
+        per_step = batch * (2 if v[_T["symmetric"]] else 1)
+        what = f"batch_size={batch}" if per_step == batch else f"2 x batch_size={per_step}"
+        if queue % per_step:
             errors.append(
-                f"method.queue_size: {queue} is not a multiple of batch_size={batch}; choose a "
-                f"multiple of {batch} (e.g. {max(1, queue // batch) * batch})"
+                f"method.queue_size: {queue} is not a multiple of {what} (keys enqueued per "
+                f"step); choose a multiple of {per_step} (e.g. "
+                f"{max(1, queue // per_step) * per_step})"
             )
     pred_hidden = v[_T["pred_hidden"]]
     if ok("method", "pred_hidden") and method == "mocov2" and pred_hidden is not None:
@@ -196,9 +207,10 @@ def combination_problems(layer: Layer) -> tuple[list[str], list[str]]:
             "epochs (0 for none) or more epochs"
         )
     if ok("method", "student_bn", "teacher_bn") and method == "m2t":
+        m2t = recipe("m2t")
         for field, got, want in (
-            ("student_bn", student, "local"),
-            ("teacher_bn", teacher, "momentum"),
+            ("student_bn", student, m2t.student_bn),
+            ("teacher_bn", teacher, m2t.teacher_bn),
         ):
             if got != want:
                 warnings.append(
@@ -221,6 +233,7 @@ _T: dict[str, Target] = {
     "teacher_bn": ("teacher_bn",),
     "method": ("method", "name"),
     "queue_size": ("method", "queue_size"),
+    "symmetric": ("method", "symmetric"),
     "pred_hidden": ("method", "pred_hidden"),
     "warmup_epochs": ("optim", "warmup_epochs"),
     "epochs": ("epochs",),

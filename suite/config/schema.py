@@ -130,6 +130,9 @@ METHOD = Section(
         "queue_size": _leaf("method", "queue_size", check=_POS),
         "temperature": _leaf("method", "temperature", check=c.number(0, lo_open=True)),
         "symmetric": _leaf("method", "symmetric", check=c.boolean),
+        "momentum_schedule": _leaf(
+            "method", "momentum_schedule", check=c.optional(c.momentum_schedule)
+        ),
     },
     shorthand="name",
 )
@@ -141,6 +144,7 @@ OPTIMIZER = Section(
         "momentum": _leaf("optim", "momentum", check=c.number(0, 1, hi_open=True)),
         "warmup_epochs": _leaf("optim", "warmup_epochs", check=c.number(0)),
         "warmup_lr": _leaf("optim", "warmup_lr", check=c.number(0)),
+        "exclude_bn_and_bias": _leaf("optim", "exclude_bn_and_bias", check=c.boolean),
     }
 )
 EVAL = Section(
@@ -181,6 +185,7 @@ CELL = Section(
         "teacher_bn": _TEACHER,
         "bn": Pair(_STUDENT, _TEACHER),
         "bn_variance": _leaf("bn_variance", check=c.variance),
+        "bn_history": _leaf("bn_history", check=c.history),
         "optimizer": OPTIMIZER,
         "eval": EVAL,
         "precision": _leaf("precision", check=c.precision),

@@ -23,6 +23,13 @@ method to its device::
 The student is then called once per step (the fused path); the teacher stays unwrapped (its BN
 buffers, MomentumBN's history included, are per process, as in the official code); the state dict
 keeps the unwrapped names.
+
+Emulation == DDP (tested, ``tests/test_emulation_equals_ddp.py``): one process with
+``devices = D`` computes what P processes with ``devices = D/P`` each compute — losses, student
+parameters, teacher outputs and BN buffers — because every per-device quantity is kept per
+emulated device: batch statistics per chunk, one MomentumBN history per device (``bn_history:
+per_device``), and running statistics that follow device 0, as DDP's ``broadcast_buffers=True``
+leaves them in the student and as rank 0 saves them for the teacher (``suite.bn.split``).
 """
 
 from __future__ import annotations
@@ -45,11 +52,12 @@ from suite.bn import (
     shuffle_batch,
     unshuffle_batch,
 )
-from suite.cell import ENCODERS, STRATEGIES, VARIANCES, CellConfig, MethodConfig
+from suite.cell import ENCODERS, HISTORIES, STRATEGIES, VARIANCES, CellConfig, MethodConfig
 from suite.models import build_backbone
+from suite.recipes import MOMENTUM_SCHEDULES, recipe
 
 STUDENT_STRATEGIES = ("local", "sync")  # momentum and shuffle are teacher-only
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = MOMENTUM_SCHEDULES
 MOMENTUM_BN = (MomentumBatchNorm1d, MomentumBatchNorm2d)
 T = TypeVar("T")
 
@@ -65,7 +73,9 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def validate_bn(student_bn: str, teacher_bn: str, variance: str) -> None:
+def validate_bn(
+    student_bn: str, teacher_bn: str, variance: str, history: str = "per_device"
+) -> None:
     """Raise ValueError for a strategy a side cannot use (momentum/shuffle are teacher-only)."""
     if student_bn not in STUDENT_STRATEGIES:
         why = (
@@ -83,6 +93,8 @@ def validate_bn(student_bn: str, teacher_bn: str, variance: str) -> None:
         )
     if variance not in VARIANCES:
         raise ValueError(f"bn_variance: {variance!r}; valid choices: {', '.join(VARIANCES)}")
+    if history not in HISTORIES:
+        raise ValueError(f"bn_history: {history!r}; valid choices: {', '.join(HISTORIES)}")
 
 
 class Encoder(nn.Module):
@@ -116,14 +128,11 @@ class TeacherStudent(nn.Module, abc.ABC):
     view, so not for DDP).
     """
 
-    name: ClassVar[str]
-    default_base_momentum: ClassVar[float]  # m0 when MethodConfig.base_momentum is None
-    default_momentum_schedule: ClassVar[str] = "cosine"
-    default_bn: ClassVar[tuple[str, str]]  # (student_bn, teacher_bn) of the method's own recipe
+    name: ClassVar[str]  # its recipe: suite.recipes.RECIPES[name] (defaults of every kind)
 
     def __init__(self, cell: CellConfig, *, total_steps: int, num_ssl_samples: int) -> None:
         super().__init__()
-        validate_bn(cell.student_bn, cell.teacher_bn, cell.bn_variance)
+        validate_bn(cell.student_bn, cell.teacher_bn, cell.bn_variance, cell.bn_history)
         if total_steps < 1:
             raise ValueError(f"total_steps: {total_steps}; must be a positive number of steps")
         world = world_size()
@@ -137,11 +146,11 @@ class TeacherStudent(nn.Module, abc.ABC):
                 "(every emulated device gets an equal share of each view)"
             )
         self.cell, self.total_steps = cell, total_steps
-        self.base_momentum = or_default(cell.method.base_momentum, self.default_base_momentum)
+        self.recipe = recipe(self.name)
+        self.base_momentum = or_default(cell.method.base_momentum, self.recipe.base_momentum)
         if not 0.0 <= self.base_momentum <= 1.0:
             raise ValueError(f"method.base_momentum: {self.base_momentum}; must lie in [0, 1]")
-        # MethodConfig has no schedule field yet; read it when the config grows one.
-        schedule = getattr(cell.method, "momentum_schedule", None) or self.default_momentum_schedule
+        schedule = or_default(cell.method.momentum_schedule, self.recipe.momentum_schedule)
         if schedule not in SCHEDULES:
             raise ValueError(
                 f"method.momentum_schedule: {schedule!r}; valid choices: {', '.join(SCHEDULES)}"
@@ -164,6 +173,7 @@ class TeacherStudent(nn.Module, abc.ABC):
             total_steps=total_steps,
             views_per_step=self.teacher_views_per_step(cell.method),
             variance=cell.bn_variance,
+            history=cell.bn_history,
         )
         self.teacher.requires_grad_(False)  # after convert_bn, whose new layers train by default
         self._check_parameter_pairs()

@@ -11,8 +11,9 @@ Heads (the official Momentum² Teacher recipe): projector Linear(d, 4096)–BN�
 512 → 128 (``MethodConfig.proj_hidden/proj_dim/pred_hidden``). Teacher momentum m0 = 0.99,
 cosine to 1.
 
-M2T is BYOL with a MomentumBN teacher and a plain per-device-BN student (``default_bn``); the
-official code evaluates the teacher (``CellConfig.eval_encoder``).
+M2T is BYOL with a MomentumBN teacher and a plain per-device-BN student; the official code
+evaluates the teacher. Every default (BN pair, views, evaluated encoder, heads, momentum) is the
+method's recipe, ``suite.recipes.RECIPES``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from torch import Tensor, nn
 from suite.cell import MethodConfig
 from suite.methods.base import TeacherStudent, or_default
 from suite.models import MLPHead
-
-BYOL_PROJ_HIDDEN, BYOL_PROJ_DIM, BYOL_PRED_HIDDEN = 4096, 256, 4096
+from suite.recipes import recipe
 
 
 def byol_loss(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor) -> Tensor:
@@ -38,13 +38,12 @@ class BYOL(TeacherStudent):
     """Bootstrap Your Own Latent (Grill et al. 2020): SyncBN on both sides in its own recipe."""
 
     name = "byol"
-    default_base_momentum = 0.99
-    default_bn = ("sync", "sync")
 
     def build_heads(self, dim: int, cfg: MethodConfig) -> tuple[nn.Module, nn.Module | None]:
-        hidden = or_default(cfg.proj_hidden, BYOL_PROJ_HIDDEN)
-        out = or_default(cfg.proj_dim, BYOL_PROJ_DIM)
-        pred_hidden = or_default(cfg.pred_hidden, BYOL_PRED_HIDDEN)
+        r = recipe(self.name)
+        hidden = or_default(cfg.proj_hidden, r.proj_hidden or dim)
+        out = or_default(cfg.proj_dim, r.proj_dim)
+        pred_hidden = or_default(cfg.pred_hidden, r.pred_hidden or out)
         return MLPHead(dim, hidden, out), MLPHead(out, pred_hidden, out)
 
     def compute_loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -59,4 +58,3 @@ class M2T(BYOL):
     """Momentum² Teacher (Li et al. 2021): BYOL + MomentumBN teacher + per-device-BN student."""
 
     name = "m2t"
-    default_bn = ("local", "momentum")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from suite.cell import EVAL_BN_STATISTICS
 from suite.runner.child import write_cell
 from suite.runner.launch import child_command, child_env
 from suite.runner.lock import CellLock
@@ -86,6 +87,7 @@ def summary(cell: CellConfig, run_id: str, metrics: dict[str, Any], device: str 
                 "batch_size": ev.linear_batch_size,
             },
             "random_init_floor": ev.random_init_floor,
+            "bn_statistics": EVAL_BN_STATISTICS,
         },
         "device": device,
         "metrics": metrics,

@@ -17,6 +17,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from suite.cell import EVAL_BN_STATISTICS
 from suite.tracking.env import environment_tags
 from suite.tracking.run import FAILURE_TAG, MAX_TAG_CHARS, CellRun, param_value
 from suite.tracking.store import open_client, quote, search_all, with_retry
@@ -154,6 +155,8 @@ class Tracker:
         run = CellRun(self._client, info.run_id, cell_id, flush_every_s=self.flush_every_s)
         try:
             params = [Param(k, param_value(v)) for k, v in cell.flat().items()]
+            # which BN statistics the evaluated encoder uses (device 0's, as rank 0 saves them)
+            params.append(Param("eval.bn_statistics", EVAL_BN_STATISTICS))
             for i in range(0, len(params), 100):  # MLflow: at most 100 params per log_batch
                 with_retry(self._client.log_batch, info.run_id, params=params[i : i + 100])
             for old in stale:
