@@ -29,6 +29,7 @@ HISTORIES = ("per_device", "shared")  # MomentumBN: one history per device, or o
 # 0's running statistics / MomentumBN history, i.e. those of the checkpoint DDP rank 0 saves.
 EVAL_BN_STATISTICS = "device0"
 PRECISIONS = ("auto", "fp32", "bf16")
+FLOOR_BN = ("calibrated", "init")  # random-init floor: BN statistics of the data, or the init's 0/1
 NOT_HASHED = ("data.root", "data.num_workers", "log_every", "checkpoint_every")
 
 
@@ -93,6 +94,7 @@ class EvalConfig:
     linear_batch_size: int = 256
     encoder: str | None = None  # None: BYOL evaluates the student, M2T the teacher, MoCo the query
     random_init_floor: bool = True  # also probe the untrained encoder
+    floor_bn: str = "calibrated"  # its BN statistics: calibrated on the train split, or init's
 
 
 @dataclass(frozen=True)

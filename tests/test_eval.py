@@ -429,3 +429,21 @@ def test_extract_features_rejects_empty_and_malformed_batches():
         extract_features(nn.Identity(), [])
     with pytest.raises(ValueError, match="batches: item 0"):
         extract_features(nn.Identity(), [torch.randn(2, 3)])
+
+
+def test_calibrate_bn_sets_running_stats_to_the_data_average_and_keeps_weights():
+    from suite.probe import calibrate_bn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4))
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k}
+    batches = [(torch.randn(8, 3, 6, 6) * 3 + 1, None) for _ in range(3)]
+    calibrate_bn(net, batches, torch.device("cpu"), False, None)
+    acts = torch.cat([net[0](x) for x, _ in batches])  # the first BN's input, all batches
+    per_batch_var = torch.stack([net[0](x).var(dim=(0, 2, 3)) for x, _ in batches])
+    assert torch.allclose(net[1].running_mean, acts.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(net[1].running_var, per_batch_var.mean(0), atol=1e-4)
+    assert net[1].num_batches_tracked == 3 and net[1].momentum == 0.1 and not net.training
+    for k, v in weights.items():
+        if "num_batches" not in k:
+            assert torch.equal(net.state_dict()[k], v), k

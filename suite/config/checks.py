@@ -20,6 +20,7 @@ from typing import Any
 
 from suite.cell import (
     ENCODERS,
+    FLOOR_BN,
     HISTORIES,
     METHODS,
     OPTIMIZERS,
@@ -195,4 +196,5 @@ variance = choice(VARIANCES, "a variance convention")
 history = choice(HISTORIES, "a history layout")
 momentum_schedule = choice(MOMENTUM_SCHEDULES, "a momentum schedule")
 precision = choice(PRECISIONS, "a precision")
+floor_bn = choice(FLOOR_BN, "a floor BN setting")
 dataset = choice(dataset_names, "a dataset")

@@ -164,6 +164,7 @@ EVAL = Section(
         ),
         "encoder": _leaf("eval", "encoder", check=c.encoder),
         "random_init_floor": _leaf("eval", "random_init_floor", check=c.boolean),
+        "floor_bn": _leaf("eval", "floor_bn", check=c.floor_bn),
     }
 )
 
