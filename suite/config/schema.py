@@ -162,6 +162,14 @@ EVAL = Section(
         "random_init_floor": _leaf("eval", "random_init_floor", check=c.boolean),
     }
 )
+BENCH = Section(
+    {
+        "steps": _leaf("bench", "steps", check=c.integer(0)),
+        "warmup": _leaf("bench", "warmup", check=c.integer(0)),
+        "reference": _leaf("bench", "reference", check=c.boolean),
+        "supervised": _leaf("bench", "supervised", check=c.boolean),
+    }
+)
 
 #: Keys that describe a cell: top-level defaults, matrix axes and ``include`` entries.
 CELL = Section(
@@ -188,6 +196,7 @@ CELL = Section(
         "log_every": _leaf("log_every", check=_POS),
         "checkpoint_every": _leaf("checkpoint_every", check=_POS),
         "seed": _leaf("seed", check=c.integer(0)),
+        "bench": BENCH,
     }
 )
 
