@@ -46,8 +46,9 @@ CUDA events, read after one synchronisation at the end. (The method's own ``floa
 SyncBN's sample count read are host reads inside the step; they are part of what is timed, as in
 training.)
 
-``python -m suite.throughput EXP.yaml [EXP.yaml ...]`` prints the compact table of an
-experiment's recorded bench cells (``--out-dir`` also writes it to a file named after the device).
+``python -m suite.throughput EXP.yaml [EXP.yaml ...]`` prints the compact table of the
+experiments' recorded bench cells (``scripts/gpu_check.sh`` writes it to a file named after the
+device).
 """
 
 from __future__ import annotations
@@ -463,25 +464,16 @@ def slug(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m suite.throughput EXP.yaml ... [--tracking-uri URI] [--out-dir DIR]``: print the
-    table; exit 1 when no bench cell has a finished run."""
+    """``python -m suite.throughput EXP.yaml ... [--tracking-uri URI]``: print the table of the
+    experiments' finished bench cells; exit 1 when there is none."""
     parser = argparse.ArgumentParser(prog="python -m suite.throughput", description=__doc__)
     parser.add_argument("experiments", nargs="+", type=Path)
     parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument(
-        "--out-dir", type=Path, default=None, help="also write throughput-<device>.md here"
-    )
     args = parser.parse_args(argv)
     from suite.runner.run import load_plan
 
     plans = [load_plan(p, tracking_uri=args.tracking_uri, write=False) for p in args.experiments]
-    text = render_table(plans)
-    print(text)
-    if args.out_dir is not None:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        path = args.out_dir / f"throughput-{slug('+'.join(devices_of(plans)))}.md"
-        path.write_text(text, encoding="utf-8")
-        print(f"written: {path}")
+    print(render_table(plans))
     return 0 if table_rows(plans) else 1
 
 

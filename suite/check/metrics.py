@@ -3,7 +3,8 @@
 A cell's run logs accuracies as fractions in [0, 1] (``knn/top1``, ``linear/top1`` …), the same
 probes on the random-init encoder (``…_random_init``) and speed figures (``images_per_s``,
 ``step_ms``, ``peak_memory_mb`` …); bench cells add the throughput study's figures
-(``images_per_s_vs_local``, ``collective_fraction``, ``mfu`` …, :mod:`suite.throughput`). A baseline may also name a *derived* metric:
+(``images_per_s_vs_local``, ``collective_fraction``, ``mfu`` …, :mod:`suite.throughput`).
+A baseline may also name a *derived* metric:
 
 - ``<accuracy>_gain``: the accuracy minus the same cell's random-init floor
   (``knn/top1_gain = knn/top1 − knn/top1_random_init``): what training added.
