@@ -10,7 +10,7 @@
 #      ready to be copied to reports/gpu/ (only a table this script measured belongs there).
 #
 # Usage: scripts/gpu_check.sh [--device cuda|cpu] [--tiny] [--out DIR]
-#   --tiny        resnet10t at 16 px, batch 8, 2 timed rounds, fp32: checks every path (on CPU
+#   --tiny        resnet10t at 16 px, batch 8, 1 timed round, fp32: checks every path (on CPU
 #                 in the tests), measures nothing worth keeping
 #   --out DIR     results folder (MLflow store, cell folders, the table); default gpu_check_out
 # Environment: PYTHON (default: python), the interpreter with bnsuite installed.
@@ -43,7 +43,7 @@ TABLE="$OUT/gpu_check-$GPU-$(date -u +%Y%m%d-%H%M).md"
 if [ "$TINY" = 1 ]; then
   CONFIGS=("resnet10t 16 8")
   export GPU_CHECK_DEVICES=2 GPU_CHECK_PRECISION=fp32 GPU_CHECK_CHANNELS_LAST=false
-  export GPU_CHECK_STEPS=2 GPU_CHECK_WARMUP=1
+  export GPU_CHECK_STEPS=1 GPU_CHECK_WARMUP=0
   export GPU_CHECK_E2E_BACKBONE=resnet10t GPU_CHECK_E2E_STEPS=3 GPU_CHECK_E2E_LINEAR_EPOCHS=2
 else
   CONFIGS=("resnet50 224 256" "resnet18 96 256")
