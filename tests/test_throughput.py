@@ -197,8 +197,8 @@ def test_bench_cells_across_two_processes_are_recorded_checked_and_reported(
     tmp_path, mlflow_tmp, capsys, monkeypatch
 ):
     """bnsuite run on 2 gloo processes: SyncBN spends a measured share of its step in
-    collectives, MomentumBN none; check gates both from a baseline, report draws images/s, and
-    the compact table lists both cells."""
+    collectives, MomentumBN none; check gates both from a baseline, report draws images/s per
+    configuration and per BN pair and process count, and the compact table lists both cells."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread per process on a 2-core machine
     exp = tmp_path / "tput.yaml"
     exp.write_text(TINY_BENCH.format(nproc="[2]"))
@@ -215,6 +215,7 @@ def test_bench_cells_across_two_processes_are_recorded_checked_and_reported(
     assert main(["check", str(exp), "--baseline", str(base)]) == 0
     assert main(["report", str(exp), "--baseline", str(base), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "throughput.png").exists()
+    assert (tmp_path / "r" / "throughput_strategy.png").exists()  # per BN pair and nproc
     capsys.readouterr()
     assert throughput.main([str(exp)]) == 0
     table = capsys.readouterr().out
