@@ -11,7 +11,12 @@ so ratios between configurations measured in one run are meaningful on a noisy m
   2B images — the floor a two-view method cannot beat (≈ 1.33× for BYOL: one more forward).
 
 ``--nproc P`` runs P processes (gloo on CPU, NCCL on CUDA) with DDP, each holding B/P samples
-per view: the real cross-process cost of SyncBN against MomentumBN.
+per view: the real cross-process cost of SyncBN against MomentumBN. Without ``--devices`` there
+are P devices (one per process); ``--devices D`` (a multiple of P) emulates D/P per process.
+
+This is the ad-hoc tool for one configuration. The throughput *study* (every strategy, process
+counts, resolutions, recorded in MLflow and gated by baselines) is ``experiments/throughput.yaml``,
+whose bench cells are timed by :mod:`suite.throughput`.
 """
 
 from __future__ import annotations
@@ -355,6 +360,8 @@ def main(args) -> int:
     """``bnsuite bench``: exit 2 with every :func:`problems` line before anything is built."""
     import sys
 
+    if args.devices is None:  # --nproc N without --devices: N devices, one per process
+        args.devices = args.nproc
     found = problems(args)
     if found:
         for p in found:

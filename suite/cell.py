@@ -98,6 +98,20 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class BenchConfig:
+    """A *bench cell* (``steps >= 1``): the runner times the training step instead of training
+    and evaluating (:mod:`suite.throughput`). ``steps = 0`` (the default) is a training cell.
+
+    Every round times the cell's step and, interleaved in the same processes, a local/local
+    reference (``reference``) and a supervised step on the same images (``supervised``)."""
+
+    steps: int = 0  # timed rounds (median reported); 0: not a bench cell
+    warmup: int = 3  # untimed rounds first
+    reference: bool = True  # also time the same method with local/local BN, interleaved
+    supervised: bool = False  # also time a supervised step on the same 2B images, interleaved
+
+
+@dataclass(frozen=True)
 class CellConfig:
     """One trained-and-evaluated configuration: a point of the experiment matrix."""
 
@@ -124,6 +138,7 @@ class CellConfig:
     channels_last: bool | None = None  # None: on CUDA only
     log_every: int = 10
     checkpoint_every: int = 200
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -135,6 +150,11 @@ class CellConfig:
         if self.eval.encoder is not None:
             return self.eval.encoder
         return recipe(self.method.name).eval_encoder
+
+    @property
+    def is_bench(self) -> bool:
+        """True for a bench cell (timed steps, no training run, no probes)."""
+        return self.bench.steps > 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,13 +184,21 @@ class CellConfig:
         for dotted in NOT_HASHED:
             parent, _, key = dotted.rpartition(".")
             (d[parent] if parent else d).pop(key)
+        if not self.is_bench:  # training cells keep the ids they had before bench cells existed
+            d.pop("bench")
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CellConfig:
         """Inverse of :meth:`to_dict` (unknown keys are an error)."""
-        sub = {"data": DataConfig, "method": MethodConfig, "optim": OptimConfig, "eval": EvalConfig}
+        sub = {
+            "data": DataConfig,
+            "method": MethodConfig,
+            "optim": OptimConfig,
+            "eval": EvalConfig,
+            "bench": BenchConfig,
+        }
         kwargs = dict(d)
         for key, typ in sub.items():
             if key in kwargs and isinstance(kwargs[key], dict):

@@ -421,7 +421,12 @@ def add_bench(sub: Any) -> None:
         choices=STRATEGIES,
         help="default: the method's recipe (byol sync, m2t momentum, mocov2 shuffle)",
     )
-    p.add_argument("--devices", type=int, default=1, help="per-device BN groups (emulated)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="per-device BN groups (default: --nproc, one per process; more are emulated)",
+    )
     p.add_argument("--nproc", type=int, default=1, help="processes (DDP; gloo on CPU)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")

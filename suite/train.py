@@ -115,12 +115,53 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 @dataclass
 class StepTimer:
-    """Wall time per step and the part of it spent waiting for the next batch."""
+    """Time per step and the part of it the host spent waiting for the next batch.
+
+    CPU: wall time from the start of the wait for a batch to the end of the optimiser step. CUDA:
+    the same interval on the GPU's clock, bracketed by two CUDA events per step
+    (:meth:`start` / :meth:`stop`) and never waited for in the step: :meth:`flush` reads the
+    finished pairs after one synchronisation, where the loop synchronises anyway (logging and
+    checkpoint steps, the end), so the host can run ahead of the GPU as in plain training.
+    """
 
     step_s: list[float] = field(default_factory=list)
     wait_s: list[float] = field(default_factory=list)
+    cuda: bool = False
+    _events: list[tuple[Any, Any]] = field(default_factory=list)
+    _t0: float = 0.0
+
+    def start(self) -> None:
+        """Mark the start of a step (before its batch is fetched)."""
+        self._t0 = time.perf_counter()
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            if self._events and self._events[-1][1] is None:  # a start without a step (epoch end)
+                self._events[-1] = (event, None)
+            else:
+                self._events.append((event, None))
+
+    def stop(self, got_batch_at: float) -> None:
+        """Mark the end of the step (after the optimiser step was issued)."""
+        now = time.perf_counter()
+        self.wait_s.append(got_batch_at - self._t0)
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._events[-1] = (self._events[-1][0], end)
+        else:
+            self.step_s.append(now - self._t0)
+
+    def flush(self) -> None:
+        """Convert the recorded CUDA event pairs to seconds (one synchronisation)."""
+        done = [(a, b) for a, b in self._events if b is not None]
+        if done:
+            done[-1][1].synchronize()
+            self.step_s.extend(a.elapsed_time(b) / 1e3 for a, b in done)
+        self._events = [(a, b) for a, b in self._events if b is None]
 
     def summary(self, samples_per_step: int, skip: int) -> dict[str, float]:
+        self.flush()
         steps = self.step_s[skip:] or self.step_s
         waits = self.wait_s[skip:] or self.wait_s
         if not steps:
@@ -291,7 +332,7 @@ def train_cell(
             check_state(method, at, dinfo)
             checked_at = at
 
-    timer = StepTimer()
+    timer = StepTimer(cuda=dev.type == "cuda")
     runtime.reset_peak_memory(dev)
     method.train()
     last_logs: dict[str, float] = {}
@@ -300,7 +341,7 @@ def train_cell(
     while step < run_steps:
         epoch, start = divmod(step, steps_per_epoch)
         batches = data.ssl_epoch(epoch, start=start)
-        t_wait = time.perf_counter()
+        timer.start()
         for view1, view2 in batches:
             t_got = time.perf_counter()
             if channels_last:
@@ -317,11 +358,7 @@ def train_cell(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t_end = time.perf_counter()
-            timer.step_s.append(t_end - t_wait)
-            timer.wait_s.append(t_got - t_wait)
+            timer.stop(t_got)  # no host synchronisation: CUDA events, read at logging steps
             step += 1
             logs["lr"] = optimizer.param_groups[0]["lr"]
             last_logs = logs
@@ -331,6 +368,7 @@ def train_cell(
             checkpoint_step = step % cell.checkpoint_every == 0 or step == run_steps
             if logging_step or checkpoint_step:
                 check(step)  # before the save: a diverged state is never checkpointed
+                timer.flush()  # check() has synchronised already
             if log_metrics is not None and logging_step:
                 log_metrics({f"train/{k}": float(v) for k, v in logs.items()}, step)
             if checkpoint_step:
@@ -339,7 +377,7 @@ def train_cell(
                 return {"interrupted_at": step}
             if step >= run_steps:
                 break
-            t_wait = time.perf_counter()
+            timer.start()
 
     metrics: dict[str, Any] = {"train/steps": step, "train/total_steps": total_steps}
     if last_logs:

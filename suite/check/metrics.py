@@ -2,7 +2,9 @@
 
 A cell's run logs accuracies as fractions in [0, 1] (``knn/top1``, ``linear/top1`` …), the same
 probes on the random-init encoder (``…_random_init``) and speed figures (``images_per_s``,
-``step_ms``, ``peak_memory_mb`` …). A baseline may also name a *derived* metric:
+``step_ms``, ``peak_memory_mb`` …); bench cells add the throughput study's figures
+(``images_per_s_vs_local``, ``collective_fraction``, ``mfu`` …, :mod:`suite.throughput`).
+A baseline may also name a *derived* metric:
 
 - ``<accuracy>_gain``: the accuracy minus the same cell's random-init floor
   (``knn/top1_gain = knn/top1 − knn/top1_random_init``): what training added.
@@ -29,6 +31,16 @@ OTHER_METRICS: dict[str, bool] = {
     "wall_time_s": False,
     "train/loss_final": False,
     "train/steps": True,
+    # bench cells (suite/throughput.py): the figures of the throughput study
+    "images_per_s_vs_local": True,
+    "images_per_s_vs_supervised": True,
+    "local_images_per_s": True,
+    "local_step_ms": False,
+    "supervised_step_ms": False,
+    "collective_fraction": False,
+    "collective_ms": False,
+    "gflops_per_image": False,
+    "mfu": True,
 }
 METRICS = (*ACCURACY_METRICS, *OTHER_METRICS)
 UNITS = {"percent": 100.0, "fraction": 1.0, "value": 1.0}

@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from suite.cell import AugConfig, CellConfig, DataConfig, EvalConfig, MethodConfig, OptimConfig
+from suite.cell import (
+    AugConfig,
+    BenchConfig,
+    CellConfig,
+    DataConfig,
+    EvalConfig,
+    MethodConfig,
+    OptimConfig,
+)
 from suite.config.schema import INVALID, VIEWS, Layer, Target
 from suite.recipes import RECIPES, recipe
 from suite.views import aug_kind, dataset_view_defaults, resolve_views
@@ -29,6 +37,7 @@ _SUBCONFIGS = {
     "method": MethodConfig,
     "optim": OptimConfig,
     "eval": EvalConfig,
+    "bench": BenchConfig,
 }
 
 

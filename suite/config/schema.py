@@ -167,6 +167,14 @@ EVAL = Section(
         "floor_bn": _leaf("eval", "floor_bn", check=c.floor_bn),
     }
 )
+BENCH = Section(
+    {
+        "steps": _leaf("bench", "steps", check=c.integer(0)),
+        "warmup": _leaf("bench", "warmup", check=c.integer(0)),
+        "reference": _leaf("bench", "reference", check=c.boolean),
+        "supervised": _leaf("bench", "supervised", check=c.boolean),
+    }
+)
 
 #: Keys that describe a cell: top-level defaults, matrix axes and ``include`` entries.
 CELL = Section(
@@ -194,6 +202,7 @@ CELL = Section(
         "log_every": _leaf("log_every", check=_POS),
         "checkpoint_every": _leaf("checkpoint_every", check=_POS),
         "seed": _leaf("seed", check=c.integer(0)),
+        "bench": BENCH,
     }
 )
 

@@ -183,6 +183,25 @@ def loss_histories(
     return out
 
 
+def bench_points(plan: Plan) -> list[tuple[str, int, int, float, float | None]]:
+    """``(student/teacher, nproc, image size, images/s, images_per_s_vs_local)`` of every
+    finished bench cell (:mod:`suite.throughput`), in plan order."""
+    out = []
+    for pc in plan.cells:
+        if pc.done and pc.cell.is_bench and "images_per_s" in pc.metrics:
+            c = pc.cell
+            out.append(
+                (
+                    f"{c.student_bn}/{c.teacher_bn}",
+                    c.nproc,
+                    c.data.image_size,
+                    float(pc.metrics["images_per_s"]),
+                    pc.metrics.get("images_per_s_vs_local"),
+                )
+            )
+    return out
+
+
 def write_report(
     plan: Plan,
     result: CheckResult,
@@ -208,6 +227,10 @@ def write_report(
             plots.accuracy_vs_batch(batch_series(plan), out / "batch.png"),
         ),
         ("Throughput", plots.throughput(configs, out / "throughput.png")),
+        (
+            "Throughput per BN strategy and process count (bench cells)",
+            plots.throughput_by_strategy(bench_points(plan), out / "throughput_strategy.png"),
+        ),
         ("Loss curves", plots.loss_curves(loss_histories(plan, configs), out / "loss.png")),
     ):
         if path is not None:

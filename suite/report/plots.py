@@ -178,3 +178,50 @@ def loss_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path) ->
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def throughput_by_strategy(
+    points: Sequence[tuple[str, int, int, float, float | None]], path: Path
+) -> Path | None:
+    """Bench cells: images/s (left, one panel per resolution) and images/s relative to the
+    interleaved local/local step (right) per BN pair, one bar per process count; bars are means
+    over the other axes (methods), error bars their std.
+
+    ``points``: ``(student/teacher, nproc, image size, images/s, images_per_s_vs_local)``.
+    """
+    import statistics
+
+    if not points:
+        return None
+    plt = _pyplot()
+    pairs = list(dict.fromkeys(p[0] for p in points))
+    procs = sorted({p[1] for p in points})
+    sizes = sorted({p[2] for p in points})
+    fig, axes = plt.subplots(
+        1, len(sizes) + 1, figsize=(4.5 * (len(sizes) + 1) + 1, 4.4), squeeze=False
+    )
+    width = 0.8 / len(procs)
+
+    def bars(ax, values_of) -> None:
+        for j, n in enumerate(procs):
+            means, stds = [], []
+            for pair in pairs:
+                vs = [v for v in values_of(pair, n) if v is not None]
+                means.append(statistics.fmean(vs) if vs else 0.0)
+                stds.append(statistics.stdev(vs) if len(vs) > 1 else 0.0)
+            xs = [i + (j - (len(procs) - 1) / 2) * width for i in range(len(pairs))]
+            ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{n} process(es)")
+        ax.set_xticks(range(len(pairs)), pairs, rotation=35, ha="right")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+
+    for ax, size in zip(axes[0][:-1], sizes, strict=True):
+        bars(ax, lambda pair, n, s=size: [p[3] for p in points if p[:3] == (pair, n, s)])
+        ax.set_title(f"images/s, {size} px (mean over methods)")
+        ax.set_ylabel("training images/s")
+    ax = axes[0][-1]
+    bars(ax, lambda pair, n: [p[4] for p in points if p[:2] == (pair, n)])
+    ax.axhline(1.0, color="0.3", linewidth=1)
+    ax.set_title("× local/local, interleaved in the same run")
+    ax.set_ylabel("images/s ÷ local/local images/s")
+    return _save(fig, path)

@@ -2,9 +2,10 @@
 
 The runner starts this module once per cell (through ``torchrun`` when ``cell.nproc > 1``; then
 every rank runs it and rank 0 reports). It trains and evaluates the cell with
-:func:`suite.train.train_cell`, resuming from ``DIR/checkpoint.pt``, and reports on stdout with
-the line protocol of :mod:`suite.runner.protocol`; it never touches the tracking store (the runner
-records). Exit status: 0 after a ``result`` event, 1 after an ``error`` event.
+:func:`suite.train.train_cell` (a bench cell, ``bench.steps >= 1``, is timed instead with
+:func:`suite.throughput.run_bench_cell`), resuming from ``DIR/checkpoint.pt``, and reports on
+stdout with the line protocol of :mod:`suite.runner.protocol`; it never touches the tracking
+store (the runner records). Exit status: 0 after a ``result`` event, 1 after an ``error`` event.
 
 The process dies with its parent: on Linux it asks the kernel for ``SIGKILL`` when the parent
 exits (:func:`suite.runner.launch.die_with_parent`); elsewhere its next write to the closed pipe
@@ -59,7 +60,8 @@ class Throughput:
 
 
 def train(cell: CellConfig, workdir: Path, device: str, report: bool) -> None:
-    """Train and evaluate ``cell``; emit events when ``report`` (rank 0)."""
+    """Train and evaluate ``cell`` (a bench cell: time its step, :mod:`suite.throughput`); emit
+    events when ``report`` (rank 0)."""
     from suite import runtime
     from suite.train import train_cell
 
@@ -78,13 +80,18 @@ def train(cell: CellConfig, workdir: Path, device: str, report: bool) -> None:
     def log_metrics(values: dict[str, float], step: int) -> None:
         emit("metrics", step=step, values=values)
 
-    metrics = train_cell(
-        cell,
-        device=device,
-        workdir=workdir,
-        progress=progress if report else None,
-        log_metrics=log_metrics if report else None,
-    )
+    if cell.is_bench:  # a throughput point: timed steps, nothing trained or evaluated
+        from suite.throughput import run_bench_cell
+
+        metrics = run_bench_cell(cell, device=device, progress=progress if report else None)
+    else:
+        metrics = train_cell(
+            cell,
+            device=device,
+            workdir=workdir,
+            progress=progress if report else None,
+            log_metrics=log_metrics if report else None,
+        )
     if report:
         emit("result", metrics=metrics)
 
