@@ -3,8 +3,9 @@
 Every accuracy has its floor beside it: the same probes on the random-init encoder of the same
 backbone and data (``knn/top1_random_init``, ``linear/top1_random_init``), whose BatchNorm
 statistics are calibrated on the training split first (:func:`calibrate_bn`), as a trained
-encoder's are: the floor then measures what training added, not what the statistics add. Accuracies are
-fractions in [0, 1]; the protocol (k, T, linear epochs, encoder) is part of the cell's params.
+encoder's are: the floor then measures what training added, not what the statistics add.
+Accuracies are fractions in [0, 1]; the protocol (k, T, linear epochs, encoder, floor) is part of
+the cell's params.
 
 Features of the trained encoder that break the divergence rule of :mod:`suite.finite` (NaN, inf,
 ``|x| >= 2**64``) fail the cell with :class:`suite.train.TrainingDiverged`; the probes themselves
