@@ -135,12 +135,15 @@ def config_table(configs: Sequence[Config]) -> Table:
 def paper_marks(result: CheckResult, configs: Sequence[Config]) -> dict[tuple[str, str], float]:
     """``(config label, metric) -> value (percent)`` for entries selecting exactly a config: the
     entry's ``reference`` where it has one (a paper's number for another setting), else its
-    ``expected``."""
+    two-sided ``expected`` (a claimed number such as the paper's; one-sided regression thresholds
+    are not marked)."""
     by_cells = {c.cell_ids: c for c in configs}
     marks = {}
     for r in result.entries:
         e = r.entry
-        value = e.reference if e.reference is not None else e.expected
+        # a one-sided expected value is a regression threshold's centre, not a claimed number
+        claimed = e.expected if e.side == "both" else None
+        value = e.reference if e.reference is not None else claimed
         config = by_cells.get(frozenset(r.selection.cells))
         if config is None or value is None or not m.is_accuracy(e.metric):
             continue

@@ -80,7 +80,11 @@ def accuracy_per_config(
         ]
         if marks:
             ax.plot(
-                [x for x, _ in marks], [v for _, v in marks], "r*", markersize=12, label="paper"
+                [x for x, _ in marks],
+                [v for _, v in marks],
+                "r*",
+                markersize=12,
+                label="paper / expected",
             )
         values = [v for s in stats for v in s.values] + [v for _, v in marks]
         values += [f.mean for f in floors if f.n]
