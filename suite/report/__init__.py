@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from suite.check import metrics as m
 from suite.check.judge import CheckResult
-from suite.check.render import bound_text, mean_std, number
+from suite.check.render import bound_text, entry_row, mean_std, number
 from suite.report import plots
 from suite.report.data import Config, configurations, provenance
 
@@ -65,19 +65,8 @@ def verdict_table(result: CheckResult) -> Table:
         headers.insert(4, "reference")
     rows = []
     for r in result.entries:
-        e, stat = r.entry, r.selection.stat
-        delta = r.delta
-        row = [
-            e.label,
-            e.metric + (" (%)" if e.unit == "percent" else ""),
-            f"{stat.n}/{len(r.selection.cells)}",
-            mean_std(stat.n, stat.mean, stat.std, e.unit),
-            number(e.expected, e.unit),
-            bound_text(r),
-            "-" if delta is None else ("+" if delta >= 0 else "") + number(delta, e.unit),
-            r.verdict,
-            e.source or "-",
-        ]
+        e = r.entry
+        row = [*entry_row(0, r)[1:], e.source or "-"]  # the check's row without its index
         if references:
             row.insert(4, number(e.reference, e.unit))
         rows.append(row)
