@@ -299,16 +299,10 @@ def run_bench_cell(
 ) -> dict[str, float]:
     """Time ``cell``'s step interleaved with its references (module docstring); every rank
     returns the same figures. Joins the ``torchrun`` job when there is one."""
+    from suite.train import join_cell_job
+
     start_time = time.perf_counter()
-    dev = runtime.resolve_device(device)
-    dinfo = runtime.init_distributed(dev)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", dinfo.local_rank)
-    if cell.nproc != dinfo.world:
-        raise ValueError(
-            f"nproc: the cell asks for {cell.nproc} processes but this job has {dinfo.world}"
-            " (launch with torchrun --nproc-per-node)"
-        )
+    dev, dinfo = join_cell_job(cell, device)
     world, bench = dinfo.world, cell.bench
     local = cell.batch_size // world
     channels_last = runtime.use_channels_last(dev, cell.channels_last)

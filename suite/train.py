@@ -249,6 +249,22 @@ def build_cell_data(cell: CellConfig, device: torch.device, dinfo: runtime.Dist 
     )
 
 
+def join_cell_job(cell: CellConfig, device: str) -> tuple[torch.device, runtime.Dist]:
+    """The device this process runs ``cell`` on and its place in the job: joins the ``torchrun``
+    process group when there is one (CUDA: this rank's local GPU); the job must have exactly
+    ``cell.nproc`` processes."""
+    dev = runtime.resolve_device(device)
+    dinfo = runtime.init_distributed(dev)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", dinfo.local_rank)
+    if cell.nproc != dinfo.world:
+        raise ValueError(
+            f"nproc: the cell asks for {cell.nproc} processes but this job has {dinfo.world}"
+            " (launch with torchrun --nproc-per-node)"
+        )
+    return dev, dinfo
+
+
 def train_cell(
     cell: CellConfig,
     *,
@@ -266,15 +282,7 @@ def train_cell(
     """
     from suite.methods import build_method
 
-    dev = runtime.resolve_device(device)
-    dinfo = runtime.init_distributed(dev)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", dinfo.local_rank)
-    if cell.nproc != dinfo.world:
-        raise ValueError(
-            f"nproc: the cell asks for {cell.nproc} processes but this job has {dinfo.world}"
-            " (launch with torchrun --nproc-per-node)"
-        )
+    dev, dinfo = join_cell_job(cell, device)
     workdir = Path(workdir)
     start_time = time.perf_counter()
     runtime.seed_everything(cell.seed)
