@@ -6,9 +6,10 @@ The planted regression lives in the cell's own process, not in the suite's code:
 every step multiplies the parameters by 1e6 (an optimizer bug that explodes the weights while the
 loss stays bounded). The cell must end FAILED and the gate must fail on its entries.
 
-What the gate cannot catch yet is written in ``baselines/ci.yaml``: at the CI budget the encoders
-do not learn beyond a random-init floor with calibrated BN statistics, so a student that never
-updates passes the accuracy floors too.
+A second plant makes every ``SGD.step`` a no-op: the student never updates (what a loss cut from
+the graph, or an optimizer given the wrong parameters, also produce). The cell finishes, so only
+the baseline can catch it: its final loss stays at the untrained value and its kNN accuracy does
+not rise above the random-init floor; the gate must name those entries.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from suite.tracking import read_runs
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "experiments" / "ci.yaml"
 BASELINE = ROOT / "baselines" / "ci.yaml"
+GATED_METRICS = ("knn/top1_gain", "knn/top1", "linear/top1", "train/loss_final")
 
 EXPLODING_OPTIMIZER = textwrap.dedent(
     """
@@ -48,42 +50,24 @@ EXPLODING_OPTIMIZER = textwrap.dedent(
 )
 
 
-def _cells():
-    from suite.config import load_experiment
+FROZEN_STUDENT = textwrap.dedent(
+    """
+    # planted by tests/test_gate.py: the optimizer never changes a parameter
+    import torch.optim
 
-    return load_experiment(CI).cells()
+    def _no_step(self, closure=None):
+        return None if closure is None else closure()
 
-
-def test_ci_baseline_judges_every_ci_cell_on_its_gain_and_accuracy():
-    from suite.check import load_baselines
-
-    section = load_baselines(BASELINE)["ci"]
-    by_metric: dict[str, int] = {}
-    for entry in section.entries:
-        by_metric[entry.metric] = by_metric.get(entry.metric, 0) + 1
-        assert entry.side == "lower" and entry.measured["n"] >= 5
-    n = len(_cells())
-    assert by_metric == {"knn/top1_gain": n, "knn/top1": n, "linear/top1": n}
+    torch.optim.SGD.step = _no_step
+    """
+)
 
 
-def test_ci_baseline_was_written_by_the_explicit_step():
-    text = BASELINE.read_text()
-    assert "bnsuite check experiments/ci.yaml --seeds 0-4" in text and "--write-baseline" in text
-    assert yaml.safe_load(text)["experiments"]["ci"]["entries"]
-
-
-def test_gate_fails_when_no_finished_run_is_there(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'empty.db'}"
-    code, out, _ = cli("check", str(CI), "--baseline", str(BASELINE), "--tracking-uri", uri)
-    assert code == 1
-    assert f"0 pass, 0 FAIL, {3 * len(_cells())} missing" in out
-
-
-@pytest.mark.slow
-def test_gate_fails_when_a_ci_cell_diverges(tmp_path, monkeypatch):
+def _run_first_cell_with(plant_source: str, tmp_path: Path, monkeypatch) -> tuple[int, str]:
+    """Run the CI matrix's first cell with ``plant_source`` as the child's ``sitecustomize``."""
     plant = tmp_path / "plant"
     plant.mkdir()
-    (plant / "sitecustomize.py").write_text(EXPLODING_OPTIMIZER)
+    (plant / "sitecustomize.py").write_text(plant_source)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("PYTHONPATH", str(plant))
     code, _, _ = cli(
@@ -99,6 +83,57 @@ def test_gate_fails_when_a_ci_cell_diverges(tmp_path, monkeypatch):
         str(tmp_path / "runs"),
     )
     monkeypatch.delenv("PYTHONPATH")
+    return code, uri
+
+
+def _cells():
+    from suite.config import load_experiment
+
+    return load_experiment(CI).cells()
+
+
+def test_ci_baseline_judges_every_ci_cell_on_its_gain_and_accuracy():
+    from suite.check import load_baselines
+
+    section = load_baselines(BASELINE)["ci"]
+    by_metric: dict[str, int] = {}
+    for entry in section.entries:
+        by_metric[entry.metric] = by_metric.get(entry.metric, 0) + 1
+        lower_is_regression = entry.metric != "train/loss_final"
+        assert entry.side == ("lower" if lower_is_regression else "upper")
+        assert entry.measured["n"] >= 5
+    n = len(_cells())
+    assert by_metric == {m: n for m in GATED_METRICS}
+
+
+def test_ci_baseline_demands_that_every_ci_cell_beats_its_random_init_floor():
+    """The gain entries' lower bounds lie above zero: each cell's measured kNN gain exceeded three
+    seed standard deviations (the --write-baseline rule), so a cell that stops learning fails."""
+    from suite.check import load_baselines
+
+    gains = [e for e in load_baselines(BASELINE)["ci"].entries if e.metric == "knn/top1_gain"]
+    assert len(gains) == len(_cells())
+    for entry in gains:
+        assert entry.expected - entry.tolerance > 0, entry.name
+        assert entry.measured["mean"] > 3 * entry.measured["std"], entry.name
+
+
+def test_ci_baseline_was_written_by_the_explicit_step():
+    text = BASELINE.read_text()
+    assert "bnsuite check experiments/ci.yaml --seeds 0-4" in text and "--write-baseline" in text
+    assert yaml.safe_load(text)["experiments"]["ci"]["entries"]
+
+
+def test_gate_fails_when_no_finished_run_is_there(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    code, out, _ = cli("check", str(CI), "--baseline", str(BASELINE), "--tracking-uri", uri)
+    assert code == 1
+    assert f"0 pass, 0 FAIL, {len(GATED_METRICS) * len(_cells())} missing" in out
+
+
+@pytest.mark.slow
+def test_gate_fails_when_a_ci_cell_diverges(tmp_path, monkeypatch):
+    code, uri = _run_first_cell_with(EXPLODING_OPTIMIZER, tmp_path, monkeypatch)
     assert code == 1  # the cell failed
     (run,) = read_runs(uri, "ci", status=None)
     assert run["status"] == "FAILED"
@@ -107,5 +142,32 @@ def test_gate_fails_when_a_ci_cell_diverges(tmp_path, monkeypatch):
     )
     data = json.loads(out)
     planted = [e for e in data["entries"] if run["cell_id"] in e["cells"]]
-    assert code == 1 and len(planted) == 3
+    assert code == 1 and len(planted) == len(GATED_METRICS)
     assert all(e["verdict"] == "missing" and e["n"] == 0 for e in planted)
+
+
+@pytest.mark.slow
+def test_gate_fails_naming_the_loss_and_gain_entries_when_the_student_never_updates(
+    tmp_path, monkeypatch
+):
+    code, uri = _run_first_cell_with(FROZEN_STUDENT, tmp_path, monkeypatch)
+    assert code == 0  # nothing diverged: the cell finishes, only the baseline can catch it
+    (run,) = read_runs(uri, "ci", status=None)
+    assert run["status"] == "FINISHED"
+    code, out, _ = cli(
+        "check",
+        str(CI),
+        "--baseline",
+        str(BASELINE),
+        "--tracking-uri",
+        uri,
+        "--json",
+        "--allow-missing",  # the other cells were not run; only the planted one is judged
+    )
+    data = json.loads(out)
+    planted = {e["metric"]: e for e in data["entries"] if run["cell_id"] in e["cells"]}
+    assert code == 1
+    assert planted["train/loss_final"]["verdict"] == "FAIL"
+    assert planted["knn/top1_gain"]["verdict"] == "FAIL"
+    others = [e for e in data["entries"] if run["cell_id"] not in e["cells"]]
+    assert others and all(e["verdict"] == "missing" for e in others)
