@@ -150,7 +150,9 @@ def _fit_and_score(
                 norm(x_train[rows]), y_train[rows], weight, bias
             )
             for param, grad, buf in ((weight, grad_w, velocity[0]), (bias, grad_b, velocity[1])):
-                buf.mul_(momentum).add_(grad.add_(param, alpha=weight_decay))
+                if weight_decay:
+                    grad.add_(param, alpha=weight_decay)
+                torch.add(grad, buf, alpha=momentum, out=buf)  # v = g + momentum·v, one pass
                 param.add_(buf, alpha=-step_lr)
             train_loss += loss * rows.shape[0]
             step += 1
