@@ -1,8 +1,10 @@
 """Frozen-encoder features, extracted once per encoder, and the top-k accuracy they are scored by.
 
-Both evaluation protocols (:mod:`suite.eval.knn`, :mod:`suite.eval.linear`) work on cached features:
-the encoder is run once over a dataset with :func:`extract_features`, and the kNN vote and every
-epoch of the linear probe reuse the resulting ``[N, D]`` tensor.
+The probes work on cached features: the encoder is run once over a dataset with
+:func:`extract_features`, and the kNN vote (:mod:`suite.eval.knn`) and every epoch of the cached
+linear probe (:mod:`suite.eval.linear`) reuse the resulting ``[N, D]`` tensor; the augmented
+probe (:mod:`suite.eval.augmented`) reuses the test split's. The features stay on the device the
+encoder ran on unless the caller gathers them elsewhere (:mod:`suite.eval.placement`).
 """
 
 from __future__ import annotations

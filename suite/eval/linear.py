@@ -143,7 +143,8 @@ def _fit_and_score(
     for epoch in range(1, epochs + 1):
         norm.train()
         train_loss = torch.zeros((), device=device)
-        order = torch.randperm(num_rows, generator=generator).to(device)
+        # drawn on the CPU (the same order on every device), copied without a stream sync
+        order = torch.randperm(num_rows, generator=generator).to(device, non_blocking=True)
         for rows in torch.tensor_split(order, num_batches):
             step_lr = lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             grad_w, grad_b, loss = cross_entropy_grad(
