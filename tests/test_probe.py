@@ -186,7 +186,7 @@ def test_features_that_do_not_fit_the_device_are_probed_on_the_cpu_with_the_reas
 
     def plan(device, num_train, num_test, dim):
         plans.append((torch.device(device), num_train, num_test, dim))
-        return FeaturePlan(CPU, 9 * 2**30, 2**30, reason)
+        return FeaturePlan(CPU, torch.device("cuda"), 9 * 2**30, 2**30, reason)
 
     monkeypatch.setattr(ev, "plan_features", plan)
     metrics = evaluate_cell(cell(), Method(), digits, CPU, False)

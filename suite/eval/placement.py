@@ -50,14 +50,15 @@ def _gib(n: int) -> str:
 class FeaturePlan:
     """Where the cached features and the probes live, and why."""
 
-    device: torch.device
+    device: torch.device  # where the features are kept
+    cell_device: torch.device  # where the cell ran
     bytes: int  # estimated working set
     free_bytes: int | None  # free memory of the cell's accelerator (None for a CPU cell)
     reason: str
 
     @property
     def on_cell_device(self) -> bool:
-        return self.reason.startswith("on the cell's device")
+        return self.device == self.cell_device
 
 
 def plan_features(
@@ -75,12 +76,13 @@ def plan_features(
     need = working_set_bytes(num_train, num_test, dim)
     what = f"{num_train} + {num_test} rows × {dim} float32 and the probes' buffers: {_gib(need)}"
     if device.type != "cuda":
-        return FeaturePlan(device, need, None, f"on the cell's device ({device}): {what}")
+        return FeaturePlan(device, device, need, None, f"on the cell's device ({device}): {what}")
     if free_bytes is None:
         free_bytes = device_free_bytes(device)
     budget = int(DEVICE_MEMORY_FRACTION * free_bytes)
     if need <= budget:
         return FeaturePlan(
+            device,
             device,
             need,
             free_bytes,
@@ -88,6 +90,7 @@ def plan_features(
         )
     return FeaturePlan(
         torch.device("cpu"),
+        device,
         need,
         free_bytes,
         f"on the CPU, not {device}: {what}, more than {DEVICE_MEMORY_FRACTION:.0%} of the "
