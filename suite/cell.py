@@ -30,6 +30,9 @@ HISTORIES = ("per_device", "shared")  # MomentumBN: one history per device, or o
 EVAL_BN_STATISTICS = "device0"
 PRECISIONS = ("auto", "fp32", "bf16")
 FLOOR_BN = ("calibrated", "init")  # random-init floor: BN statistics of the data, or the init's 0/1
+# Linear probe: on cached features of the unaugmented train split (fast), or the standard protocol
+# of the papers' ImageNet numbers, a classifier trained on augmented images (suite.eval.augmented)
+LINEAR_PROTOCOLS = ("cached", "augmented")
 NOT_HASHED = ("data.root", "data.num_workers", "log_every", "checkpoint_every")
 
 
@@ -92,9 +95,18 @@ class EvalConfig:
     linear_epochs: int = 100
     linear_lr: float = 0.1
     linear_batch_size: int = 256
+    linear_protocol: str = "cached"  # cached features, or augmented images (see LINEAR_PROTOCOLS)
     encoder: str | None = None  # None: BYOL evaluates the student, M2T the teacher, MoCo the query
     random_init_floor: bool = True  # also probe the untrained encoder
     floor_bn: str = "calibrated"  # its BN statistics: calibrated on the train split, or init's
+
+    def __post_init__(self) -> None:
+        # cells built in code are checked too (files are checked by the schema, with the path)
+        if self.linear_protocol not in LINEAR_PROTOCOLS:
+            raise ValueError(
+                f"eval.linear.protocol: {self.linear_protocol!r} is not a linear-probe protocol; "
+                f"choose from {', '.join(LINEAR_PROTOCOLS)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,23 @@ Every accuracy has its floor beside it: the same probes on the random-init encod
 backbone and data (``knn/top1_random_init``, ``linear/top1_random_init``), whose BatchNorm
 statistics are calibrated on the training split first (:func:`calibrate_bn`), as a trained
 encoder's are: the floor then measures what training added, not what the statistics add.
-Accuracies are fractions in [0, 1]; the protocol (k, T, linear epochs, encoder, floor) is part of
-the cell's params.
+Accuracies are fractions in [0, 1]; the protocol (k, T, the linear probe's protocol, epochs, lr
+and batch, encoder, floor) is part of the cell's params.
+
+Where it runs. Feature extraction, kNN and the linear probe run on the device the cell trained
+on. The features stay on that device when the probes' working set fits in its free memory
+(:func:`suite.eval.placement.plan_features`); otherwise they are gathered on the CPU, the kNN and
+cached probe run there, and the cell's log and ``summary.json`` (``eval/placement``) say why. On
+a CPU every step uses all the cores the process may run on (:func:`suite.eval.eval_threads`,
+recorded as ``eval/cpu_threads``), whatever thread count the process trained with. The seconds
+each step took are recorded (``eval/features_s``, ``eval/knn_s``, ``eval/linear_s``).
+
+The linear probe follows ``eval.linear.protocol``: ``cached`` trains on the cached features of
+the unaugmented train split (:func:`suite.eval.linear_probe`); ``augmented`` is the standard
+protocol of MoCo's and the official Momentum² Teacher evaluation — a classifier trained on
+RandomResizedCrop + flip views of the train images through the frozen encoder in eval mode, SGD
+with momentum and a cosine learning rate, scored on the centre-resized test images
+(:func:`suite.eval.linear_probe_augmented`). The random-init floor uses the same protocol.
 
 Features of the trained encoder that break the divergence rule of :mod:`suite.finite` (NaN, inf,
 ``|x| >= 2**64``) fail the cell with :class:`suite.train.TrainingDiverged`; the probes themselves
@@ -14,6 +29,8 @@ refuse such input too, so no accuracy is ever computed from them.
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
 import torch
@@ -22,21 +39,50 @@ from torch import nn
 from suite import runtime
 from suite.cell import CellConfig
 
+EXTRACT_BATCH = 256  # images per encoder forward when extracting features (at least the probe's)
+Pair = tuple[torch.Tensor, torch.Tensor]
 
-def _features(encoder: nn.Module, data, device, channels_last: bool, dtype, batch_size: int):
-    """Cached (features, labels) of the train and test splits, without augmentation."""
-    from suite.eval import extract_features
 
-    return tuple(
-        extract_features(
+def eval_cpu_threads(device: torch.device) -> int | None:
+    """Intra-op threads for evaluation work on ``device``: every core on the CPU; None (leave the
+    setting) on an accelerator."""
+    from suite.eval import eval_threads
+
+    return eval_threads() if torch.device(device).type == "cpu" else None
+
+
+def extract_splits(
+    cell: CellConfig, encoder: nn.Module, data, device: torch.device, channels_last: bool, dtype
+) -> tuple[Pair, Pair, Any]:
+    """Cached ``(features, labels)`` of the train and test splits (no augmentation), extracted on
+    ``device``, and their :class:`~suite.eval.placement.FeaturePlan`: kept on ``device`` when
+    they fit (decided at the first batch, when the feature width is known), else on the CPU."""
+    from suite.eval import extract_features, plan_features
+
+    rows = {split: data.num_samples(split) for split in ("train", "test")}
+    plans = []
+
+    def place(dim: int) -> torch.device:
+        plans.append(plan_features(device, rows["train"], rows["test"], dim))
+        if not plans[0].on_cell_device:
+            print(f"evaluation: features {plans[0].reason}", file=sys.stderr, flush=True)
+        return plans[0].device
+
+    def extract(split: str, out_device) -> Pair:
+        return extract_features(
             encoder,
-            data.eval_batches(split, batch_size),
+            data.eval_batches(split, max(cell.eval.linear_batch_size, EXTRACT_BATCH)),
             device=device,
             channels_last=channels_last,
             autocast_dtype=dtype,
+            out_device=out_device,
+            num_rows=rows[split],
+            cpu_threads=eval_cpu_threads(device),
         )
-        for split in ("train", "test")
-    )
+
+    train = extract("train", place)
+    test = extract("test", plans[0].device)
+    return train, test, plans[0]
 
 
 def check_features(cell: CellConfig, *features: torch.Tensor) -> None:
@@ -53,9 +99,9 @@ def check_features(cell: CellConfig, *features: torch.Tensor) -> None:
             )
 
 
-def probe_features(cell: CellConfig, train, test, num_classes: int, suffix: str = "") -> dict:
-    """kNN and linear probe on cached (features, labels) pairs."""
-    from suite.eval import knn_accuracy, linear_probe
+def probe_knn(cell: CellConfig, train: Pair, test: Pair, num_classes: int, suffix: str = ""):
+    """Weighted kNN on cached features, where they are."""
+    from suite.eval import knn_accuracy
 
     (train_x, train_y), (test_x, test_y) = train, test
     knn = knn_accuracy(
@@ -66,27 +112,109 @@ def probe_features(cell: CellConfig, train, test, num_classes: int, suffix: str 
         k=cell.eval.knn_k,
         temperature=cell.eval.knn_temperature,
         num_classes=num_classes,
+        cpu_threads=eval_cpu_threads(train_x.device),
     )
     out = {f"knn/top1{suffix}": knn["top1"]}
     if "top5" in knn:
         out[f"knn/top5{suffix}"] = knn["top5"]
-    if cell.eval.linear_epochs > 0:
-        lin = linear_probe(
-            train_x,
-            train_y,
-            test_x,
-            test_y,
-            num_classes=num_classes,
-            epochs=cell.eval.linear_epochs,
-            lr=cell.eval.linear_lr,
-            batch_size=cell.eval.linear_batch_size,
-            seed=cell.seed,
-        )
-        out[f"linear/top1{suffix}"] = lin["top1"]
-        out[f"linear/best_top1{suffix}"] = lin["best_top1"]
-        if "top5" in lin:
-            out[f"linear/top5{suffix}"] = lin["top5"]
     return out
+
+
+def probe_linear(
+    cell: CellConfig,
+    encoder: nn.Module,
+    data,
+    train: Pair | None,
+    test: Pair,
+    device: torch.device,
+    channels_last: bool,
+    dtype,
+    suffix: str = "",
+) -> dict[str, Any]:
+    """The linear probe of ``eval.linear.protocol``: ``cached`` on the cached ``train`` features
+    (where they are), ``augmented`` on augmented train images through ``encoder`` on ``device``,
+    both scored on the cached ``test`` features."""
+    from suite.eval import linear_probe, linear_probe_augmented
+
+    ev = cell.eval
+    if ev.linear_protocol == "cached":
+        assert train is not None
+        lin = linear_probe(
+            *train,
+            *test,
+            num_classes=data.num_classes,
+            epochs=ev.linear_epochs,
+            lr=ev.linear_lr,
+            batch_size=ev.linear_batch_size,
+            seed=cell.seed,
+            cpu_threads=eval_cpu_threads(train[0].device),
+        )
+    else:
+        lin = linear_probe_augmented(
+            encoder,
+            lambda epoch: data.linear_epoch(epoch, ev.linear_batch_size),
+            *test,
+            num_classes=data.num_classes,
+            steps_per_epoch=data.linear_steps(ev.linear_batch_size),
+            epochs=ev.linear_epochs,
+            lr=ev.linear_lr,
+            seed=cell.seed,
+            device=device,
+            channels_last=channels_last,
+            autocast_dtype=dtype,
+            cpu_threads=eval_cpu_threads(device),
+        )
+    out = {f"linear/top1{suffix}": lin["top1"], f"linear/best_top1{suffix}": lin["best_top1"]}
+    if "top5" in lin:
+        out[f"linear/top5{suffix}"] = lin["top5"]
+    return out
+
+
+def probe_encoder(
+    cell: CellConfig,
+    encoder: nn.Module,
+    data,
+    device: torch.device,
+    channels_last: bool,
+    dtype,
+    suffix: str = "",
+    check: bool = False,
+) -> dict[str, Any]:
+    """Features, kNN and linear probe of one encoder, with where and how long each step ran;
+    ``check``: refuse diverged features with :class:`~suite.train.TrainingDiverged` first."""
+    t0 = time.perf_counter()
+    train, test, plan = extract_splits(cell, encoder, data, device, channels_last, dtype)
+    if check:
+        check_features(cell, train[0], test[0])  # reads the features: they are computed
+    t1 = time.perf_counter()
+    metrics = probe_knn(cell, train, test, data.num_classes, suffix)
+    t2 = time.perf_counter()
+    if cell.eval.linear_protocol != "cached":
+        train = None  # the augmented probe needs only the test features: free the train ones
+    metrics.update(
+        probe_linear(cell, encoder, data, train, test, device, channels_last, dtype, suffix)
+    )
+    t3 = time.perf_counter()
+    metrics.update(
+        {
+            f"eval/features_s{suffix}": t1 - t0,
+            f"eval/knn_s{suffix}": t2 - t1,
+            f"eval/linear_s{suffix}": t3 - t2,
+        }
+    )
+    if not suffix:
+        metrics.update(
+            {
+                "eval/feature_dim": test[0].shape[1],
+                "eval/features_on_device": int(plan.on_cell_device),
+                "eval/working_set_mb": plan.bytes / 2**20,
+                "eval/placement": plan.reason,
+            }
+        )
+        threads = eval_cpu_threads(plan.device)
+        if threads is not None:
+            metrics["eval/cpu_threads"] = threads
+    return metrics
 
 
 @torch.no_grad()
@@ -123,16 +251,14 @@ def calibrate_bn(encoder: nn.Module, batches, device, channels_last: bool, dtype
 def evaluate_cell(
     cell: CellConfig, method, data, device: torch.device, channels_last: bool
 ) -> dict[str, Any]:
-    """Probe the cell's evaluated encoder, and the random-init floor when asked for."""
+    """Probe the cell's evaluated encoder on ``device``, and the random-init floor when asked
+    for (module docstring)."""
+    from suite.eval import cpu_threads
     from suite.models import build_backbone
 
     dtype = runtime.autocast_dtype(device, cell.precision)
-    bs = max(cell.eval.linear_batch_size, 256)
     encoder = method.encoder(cell.eval_encoder)
-    train, test = _features(encoder, data, device, channels_last, dtype, bs)
-    check_features(cell, train[0], test[0])
-    metrics = probe_features(cell, train, test, data.num_classes)
-    metrics["eval/feature_dim"] = train[0].shape[1]
+    metrics = probe_encoder(cell, encoder, data, device, channels_last, dtype, check=True)
     if cell.eval.random_init_floor:
         torch.manual_seed(cell.seed)
         fresh, _ = build_backbone(
@@ -142,7 +268,10 @@ def evaluate_cell(
         if channels_last:
             fresh.to(memory_format=torch.channels_last)
         if cell.eval.floor_bn == "calibrated":
-            calibrate_bn(fresh, data.eval_batches("train", bs), device, channels_last, dtype)
-        train0, test0 = _features(fresh, data, device, channels_last, dtype, bs)
-        metrics.update(probe_features(cell, train0, test0, data.num_classes, "_random_init"))
+            bs = max(cell.eval.linear_batch_size, EXTRACT_BATCH)
+            with cpu_threads(eval_cpu_threads(device), device):
+                calibrate_bn(fresh, data.eval_batches("train", bs), device, channels_last, dtype)
+        metrics.update(
+            probe_encoder(cell, fresh, data, device, channels_last, dtype, "_random_init")
+        )
     return metrics

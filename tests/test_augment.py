@@ -276,3 +276,48 @@ def test_eval_transform_one_resizes_shorter_side_and_centre_crops():
     out = EvalTransform(14, MEAN, STD, crop_fraction=0.875).one(img)
     ref = tvf.center_crop(tvf.resize(img, [16], antialias=True), [14, 14])
     assert out.dtype == torch.uint8 and torch.equal(out, ref)
+
+
+# -- the linear-evaluation view ------------------------------------------------------------------
+def test_crop_flip_whole_image_crop_is_the_eval_transform_and_flip_p_1_mirrors_it():
+    """CropFlip with scale = ratio = (1, 1): normalise(resize(x)), i.e. EvalTransform of a square
+    image; with flip_p = 1 the exact mirror of that; the defaults are torchvision's
+    RandomResizedCrop + RandomHorizontalFlip (scale 0.08–1, ratio 3/4–4/3, p 0.5)."""
+    from suite.data.augment import CropFlip
+
+    x = images(4, 20)
+    whole = CropFlip(16, MEAN, STD, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0)
+    mirrored = CropFlip(16, MEAN, STD, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=1.0)
+    reference = EvalTransform(16, MEAN, STD)(x)
+    torch.testing.assert_close(whole(x, gen()), reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mirrored(x, gen()), reference.flip(-1), atol=1e-5, rtol=0)
+    default = CropFlip(16, MEAN, STD)
+    assert (default.scale, default.ratio, default.flip_p) == ((0.08, 1.0), (3 / 4, 4 / 3), 0.5)
+
+
+def test_crop_flip_views_differ_per_sample_and_repeat_with_the_seed():
+    """Identical images get different crops within a batch; the same seed repeats the batch."""
+    from suite.data.augment import CropFlip
+
+    x = images(1, 32).expand(8, -1, -1, -1)
+    view = CropFlip(16, MEAN, STD)
+    a, b = view(x, gen(3)), view(x, gen(3))
+    assert torch.equal(a, b) and a.shape == (8, 3, 16, 16) and a.dtype == torch.float32
+    assert len({tuple(v.flatten()[:20].tolist()) for v in a}) == 8
+
+
+def test_crop_flip_of_one_image_equals_batched_crop_to_uint8_rounding():
+    """CropFlip.one (worker, torchvision kernels) draws the same box and flip as the batched
+    crop with the same generator seed."""
+    from suite.data.augment import CropFlip
+
+    x = images(1, 40)
+    view = CropFlip(24, MEAN, STD)
+    for seed in range(6):
+        one = view.one(x[0], gen(seed))
+        batched = view.crop(x, gen(seed))
+        assert one.dtype == torch.uint8 and one.shape == (3, 24, 24)
+        assert (one.float() - batched[0] * 255).abs().max() <= 1.0 + 1e-3  # uint8 rounding
+    torch.testing.assert_close(
+        view.normalize(one[None]), ops.normalize(one[None].float() / 255, MEAN, STD)
+    )

@@ -39,3 +39,19 @@ def test_paper_baselines_name_existing_experiments_and_valid_numbers():
         for relation in baseline.relations:
             for group, layer in relation.groups.items():
                 assert any(matches(t, layer) for t in trees), f"{relation.where}: {group}"
+
+
+def test_experiments_judged_on_paper_linear_numbers_use_the_standard_augmented_probe():
+    """Every experiment whose linear top-1 is compared with the paper's (baselines/paper.yaml)
+    evaluates with eval.linear.protocol: augmented, the protocol of the paper's ImageNet numbers
+    (MoCo's and the official code's linear evaluation), not the fast cached-feature probe."""
+    files = experiments_by_name()
+    judged = {
+        name
+        for name, baseline in load_baselines(ROOT / "baselines" / "paper.yaml").items()
+        if any(entry.metric.startswith("linear/") for entry in baseline.entries)
+    }
+    assert judged
+    for name in judged:
+        cells = load_experiment(files[name], env={"DATA": "/data"}).cells()
+        assert {c.eval.linear_protocol for c in cells} == {"augmented"}, name

@@ -11,6 +11,7 @@ import pytest
 from suite.cell import (
     ENCODERS,
     HISTORIES,
+    LINEAR_PROTOCOLS,
     METHODS,
     OPTIMIZERS,
     PRECISIONS,
@@ -146,6 +147,12 @@ def test_numbers_written_as_strings_are_read_as_numbers(tmp_path):
         ("bn_history: per_devise", "bn_history", "a history layout", HISTORIES),
         ("precision: bf61", "precision", "a precision", PRECISIONS),
         ("eval: {encoder: techer}", "eval.encoder", "an encoder", ENCODERS),
+        (
+            "eval: {linear: {protocol: augmentd}}",
+            "eval.linear.protocol",
+            "a linear-probe protocol",
+            LINEAR_PROTOCOLS,
+        ),
         ("dataset: {name: stl11}", "dataset.name", "a dataset", tuple(DATASETS)),
     ],
 )
@@ -440,6 +447,17 @@ def test_cifar_stem_and_eval_sections_land_in_the_cell(tmp_path):
     assert cell.method.cifar_stem is False
     assert (cell.eval.knn_k, cell.eval.knn_temperature, cell.eval.linear_epochs) == (20, 0.07, 5)
     assert cell.eval_encoder == "teacher"
+
+
+def test_linear_protocol_defaults_to_cached_and_lands_in_the_cell_and_its_params(tmp_path):
+    """eval.linear.protocol: absent → cached; given → the cell's eval.linear_protocol, its
+    param, and a cell id of its own."""
+    (default,) = load(tmp_path, HEAD + NO_WARMUP).cells()
+    text = HEAD + NO_WARMUP + "eval: {linear: {protocol: augmented}}\n"
+    (augmented,) = load(tmp_path, text).cells()
+    assert default.eval.linear_protocol == "cached"
+    assert augmented.flat()["eval.linear_protocol"] == "augmented"
+    assert augmented.cell_id != default.cell_id
 
 
 # -- environment and data root ---------------------------------------------------------------------

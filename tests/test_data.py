@@ -490,3 +490,45 @@ def test_each_process_part_equals_those_rows_of_the_whole_batch(tmp_path):
 def test_a_batch_that_processes_cannot_share_is_an_error():
     with pytest.raises(ValueError, match="batch_size must be a multiple of the process count"):
         build("synthetic", None, batch_size=9, rank=0, world=2)
+
+
+# -- the augmented linear evaluation's batches ----------------------------------------------------
+@pytest.mark.parametrize("name", ["synthetic", "stl10", "folder"])
+def test_linear_epoch_visits_every_train_sample_once_as_seeded_views(name, tmp_path):
+    """Each epoch: linear_steps batches of >= 2 rows, float32 [b, 3, S, S] views on the device,
+    labels a permutation of the train split's; the same epoch repeats exactly (also with worker
+    processes), another epoch draws another order and other views."""
+    if name == "stl10":
+        write_stl(tmp_path, counts=(3, 7, 2))
+    elif name == "folder":
+        write_tree(tmp_path)
+    root = tmp_path if name != "synthetic" else None
+    bundle = build(name, root, synthetic_size=24)
+    labels = bundle._labels("train")
+    steps = bundle.linear_steps(3)
+    assert steps == min(-(-len(labels) // 3), len(labels) // 2)
+    epoch0 = list(bundle.linear_epoch(0, 3))
+    assert len(epoch0) == steps and all(x.shape[0] >= 2 for x, _ in epoch0)
+    for x, y in epoch0:
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 16, 16) and x.device == CPU
+        assert y.dtype == torch.long and y.shape == x.shape[:1]
+    seen = torch.cat([y for _, y in epoch0])
+    assert torch.equal(seen.sort().values, labels.sort().values)
+    again = list(bundle.linear_epoch(0, 3))
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for a, b in zip(epoch0, again, strict=True)
+    )
+    epoch1 = list(bundle.linear_epoch(1, 3))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(epoch0, epoch1, strict=True))
+    if name != "synthetic":
+        parallel = build(name, root, num_workers=2)
+        for (a, ya), (b, yb) in zip(epoch0, parallel.linear_epoch(0, 3), strict=True):
+            assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
+def test_linear_views_of_digits_are_never_mirrored():
+    """The linear view follows the dataset's flip rule: digits (a mirrored digit is another or
+    none) are not flipped; a dataset without a rule is flipped with p = 0.5."""
+    assert build("digits", None).linear_view.flip_p == 0.0
+    assert build("synthetic", None, synthetic_size=24).linear_view.flip_p == 0.5

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from suite.eval import (
+    DEFAULT_BLOCK_BYTES,
     extract_features,
     knn_accuracy,
     knn_chunk_size,
@@ -16,6 +17,7 @@ from suite.eval import (
     knn_scores,
     linear_probe,
     topk_accuracy,
+    topk_correct,
 )
 from suite.eval.linear import cross_entropy_grad
 
@@ -447,3 +449,265 @@ def test_calibrate_bn_sets_running_stats_to_the_data_average_and_keeps_weights()
     for k, v in weights.items():
         if "num_batches" not in k:
             assert torch.equal(net.state_dict()[k], v), k
+
+
+def test_extract_features_gathers_where_asked_and_tells_a_placement_the_width():
+    """out_device as a function is called once with the feature width D and decides where the
+    features go; num_rows preallocates the output, with the same result as concatenation, and a
+    different row count is an error."""
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    widths = []
+
+    def place(dim: int) -> torch.device:
+        widths.append(dim)
+        return torch.device("cpu")
+
+    concatenated = extract_features(encoder, image_batches())
+    placed = extract_features(encoder, image_batches(), out_device=place, num_rows=12)
+    assert widths == [3]
+    assert torch.equal(placed[0], concatenated[0]) and torch.equal(placed[1], concatenated[1])
+    with pytest.raises(ValueError, match="yielded 12 rows, expected num_rows=13"):
+        extract_features(encoder, image_batches(), num_rows=13)
+    with pytest.raises(ValueError, match="more than num_rows=11"):
+        extract_features(encoder, image_batches(), num_rows=11)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_extract_features_on_cuda_stay_on_the_gpu_unless_gathered_on_the_cpu():
+    """A CUDA encoder's features and labels stay on the GPU by default; out_device='cpu' gives
+    the same values in pinned host memory."""
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).cuda()
+    on_gpu = extract_features(encoder, image_batches(), num_rows=12)
+    on_cpu = extract_features(encoder, image_batches(), out_device="cpu", num_rows=12)
+    assert on_gpu[0].is_cuda and on_gpu[1].is_cuda
+    assert on_cpu[0].device.type == "cpu" and on_cpu[0].is_pinned()
+    assert torch.equal(on_gpu[0].cpu(), on_cpu[0]) and torch.equal(on_gpu[1].cpu(), on_cpu[1])
+
+
+# -- threads and placement ----------------------------------------------------------------------
+
+
+def test_topk_hits_count_on_the_scores_device_like_topk_correct():
+    """topk_hits is topk_correct as an int64 tensor on the scores' device (summed over chunks
+    without reading the host); both equal a count written out per row."""
+    from suite.eval import topk_hits
+
+    g = torch.Generator().manual_seed(0)
+    scores, labels = torch.randn(60, 7, generator=g), torch.randint(0, 7, (60,), generator=g)
+    ranked = scores.argsort(dim=1, descending=True).tolist()
+    by_hand = [sum(int(labels[i]) in ranked[i][:k] for i in range(60)) for k in (1, 3, 5)]
+    hits = topk_hits(scores, labels, (1, 3, 5))
+    assert hits.dtype == torch.long and hits.device == scores.device
+    assert hits.tolist() == by_hand == list(topk_correct(scores, labels, (1, 3, 5)).values())
+
+
+def _threads_seen(step: str, threads: int, monkeypatch) -> list[int]:
+    """Run one evaluation step with cpu_threads=threads; the thread counts seen where it works."""
+    import suite.eval.knn as knn_module
+    import suite.eval.linear as linear_module
+
+    seen: list[int] = []
+    train_x, train_y, test_x, test_y = separable_problem()
+    if step == "extract":
+
+        class Probe(nn.Module):
+            def forward(self, x):
+                seen.append(torch.get_num_threads())
+                return x.flatten(1)
+
+        extract_features(Probe(), image_batches(), cpu_threads=threads)
+    elif step == "knn":
+        inner = knn_module._iter_scores
+
+        def spy(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            yield from inner(*args, **kwargs)
+
+        monkeypatch.setattr(knn_module, "_iter_scores", spy)
+        knn_accuracy(train_x, train_y, test_x, test_y, k=5, cpu_threads=threads)
+    else:
+        inner = linear_module._fit_and_score
+
+        def spy(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return inner(*args, **kwargs)
+
+        monkeypatch.setattr(linear_module, "_fit_and_score", spy)
+        linear_probe(train_x, train_y, test_x, test_y, num_classes=6, epochs=1, cpu_threads=threads)
+    return seen
+
+
+@pytest.mark.parametrize("step", ["extract", "knn", "linear"])
+def test_each_evaluation_step_runs_with_its_cpu_threads_and_restores_the_callers(step, monkeypatch):
+    """extract_features, knn_accuracy and linear_probe take cpu_threads alike: the work runs with
+    that many intra-op threads, and the caller's count is back afterwards."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        seen = _threads_seen(step, 3, monkeypatch)
+        assert seen and set(seen) == {3}
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_features_stay_on_the_gpu_when_they_fit_else_go_to_the_cpu_with_the_numbers():
+    """plan_features: the estimated working set (both splits' features, kNN's normalised train
+    copy, one kNN block) within 90 % of the GPU's free memory keeps them on the GPU; more moves
+    them to the CPU with a reason naming the sizes; a CPU cell's features are on its own device."""
+    from suite.eval import plan_features
+    from suite.eval.placement import working_set_bytes
+
+    n, m, d = 10_000, 2_000, 512
+    need = working_set_bytes(n, m, d)
+    assert need == 4 * d * (n + m) + 4 * d * n + DEFAULT_BLOCK_BYTES
+    fits = plan_features("cuda", n, m, d, free_bytes=need * 2)
+    assert fits.device == torch.device("cuda") and fits.on_cell_device and fits.bytes == need
+    tight = plan_features("cuda:1", n, m, d, free_bytes=need)  # 90 % of it is too little
+    assert tight.device == torch.device("cpu") and not tight.on_cell_device
+    assert tight.reason.startswith("on the CPU, not cuda:1")
+    assert f"{need / 2**30:.2f} GiB" in tight.reason and "90%" in tight.reason
+    cpu = plan_features("cpu", n, m, d)
+    assert cpu.device == torch.device("cpu") and cpu.on_cell_device and cpu.free_bytes is None
+
+
+# -- the augmented linear probe -----------------------------------------------------------------
+
+
+def digits(batch_size: int = 64):
+    from suite.data import build_data
+
+    return build_data(
+        "digits", root=None, image_size=16, aug="byol", batch_size=batch_size, device="cpu",
+        num_workers=0,
+    )  # fmt: skip
+
+
+def conv_encoder() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+    )
+
+
+def test_augmented_probe_learns_digits_above_chance_through_a_frozen_encoder():
+    """Digits (10 classes, chance 0.1) through a frozen encoder (8×8 pooling + BN with
+    calibrated statistics): the classifier trained on RandomResizedCrop views for 4 epochs
+    reaches >= 0.3 top-1 on the centre-resized test images (0.41-0.49 over seeds 0-2), while the
+    encoder's BN buffers are bit-identical afterwards and its train flag restored."""
+    from suite.eval import linear_probe_augmented
+    from suite.probe import calibrate_bn
+
+    data = digits()
+    encoder = nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.BatchNorm2d(3), nn.Flatten())
+    calibrate_bn(encoder, data.eval_batches("train", 256), torch.device("cpu"), False, None)
+    encoder.train()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    test_x, test_y = extract_features(encoder, data.eval_batches("test", 256))
+    result = linear_probe_augmented(
+        encoder,
+        lambda epoch: data.linear_epoch(epoch, 128),
+        test_x,
+        test_y,
+        num_classes=10,
+        steps_per_epoch=data.linear_steps(128),
+        epochs=4,
+        lr=0.5,
+        cpu_threads=1,  # small steps: threads only add synchronisation
+    )
+    assert result["top1"] >= 0.3 and result["best_top1"] >= result["top1"]
+    assert result["protocol"] == "augmented" and result["head"] == "linear+bn"
+    after = encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert encoder.training
+
+
+def test_augmented_probe_trains_on_each_epochs_batches_and_never_runs_the_test_images():
+    """The encoder sees exactly the batches train_epoch yields for epochs 0, 1, … in eval mode,
+    epochs × steps forwards in all: the test images are scored from their cached features."""
+    from suite.eval import linear_probe_augmented
+
+    data = digits()
+    seen: list[tuple[Tensor, bool]] = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = conv_encoder()
+
+        def forward(self, x):
+            seen.append((x, self.training))
+            return self.net(x)
+
+    encoder = Spy()
+    test_x, test_y = extract_features(encoder, data.eval_batches("test", 512))
+    seen.clear()
+    steps = data.linear_steps(512)
+    linear_probe_augmented(
+        encoder, lambda e: data.linear_epoch(e, 512), test_x, test_y, num_classes=10,
+        steps_per_epoch=steps, epochs=2, cpu_threads=1,
+    )  # fmt: skip
+    expected = [x for e in (0, 1) for x, _ in data.linear_epoch(e, 512)]
+    assert len(seen) == len(expected) == 2 * steps
+    pairs = zip(seen, expected, strict=True)
+    assert all(torch.equal(x, want) and not training for (x, training), want in pairs)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_augmented_probe_separates_blobs_deterministically_with_either_schedule(schedule):
+    """Linearly separable blobs as 'images' of an identity encoder: top-1 1.0 with the cosine or
+    the step schedule, the same result twice for one seed, and another loss for another."""
+    from suite.eval import linear_probe_augmented
+
+    train_x, train_y, test_x, test_y = separable_problem()
+
+    def epoch(e: int):
+        order = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(e))
+        return [(train_x[i], train_y[i]) for i in torch.tensor_split(order, 4)]
+
+    def run(seed: int) -> dict:
+        return linear_probe_augmented(
+            nn.Identity(), epoch, test_x, test_y, num_classes=6, steps_per_epoch=4, epochs=12,
+            lr=0.5, schedule=schedule, milestones=(8, 10), seed=seed, device="cpu", cpu_threads=1,
+        )  # fmt: skip
+
+    first = run(0)
+    assert first["top1"] == first["best_top1"] == 1.0 and first["schedule"] == schedule
+    assert first == run(0)
+    assert first["train_loss"] != run(1)["train_loss"]
+
+
+def test_lr_at_is_cosine_per_iteration_or_step_decay_at_the_milestone_epochs():
+    from suite.eval.augmented import lr_at
+
+    cos = {"lr": 0.2, "total_steps": 100, "steps_per_epoch": 10, "schedule": "cosine"}
+    assert lr_at(0, milestones=(), **cos) == pytest.approx(0.2)
+    assert lr_at(50, milestones=(), **cos) == pytest.approx(0.1)
+    assert lr_at(75, milestones=(), **cos) == pytest.approx(0.1 * (1 + math.cos(0.75 * math.pi)))
+    step = {**cos, "lr": 30.0, "schedule": "step"}
+    lrs = [lr_at(s, milestones=(6, 8), **step) for s in (0, 59, 60, 79, 80, 99)]
+    assert lrs == pytest.approx([30.0, 30.0, 3.0, 3.0, 0.3, 0.3])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"schedule": "linear"}, "schedule: 'linear'; valid choices are cosine, step"),
+        ({"schedule": "step", "milestones": (0, 3)}, r"milestones: \[0, 3\]; expected epochs"),
+        ({"steps_per_epoch": 5}, "epoch 0 yielded 4 batches, expected steps_per_epoch=5"),
+        ({"steps_per_epoch": 3}, "epoch 0 yielded more than steps_per_epoch=3 batches"),
+        ({"epochs": 0}, "epochs: 0; expected >= 1"),
+    ],
+)
+def test_augmented_probe_rejects_bad_arguments_by_name(kwargs, match):
+    from suite.eval import linear_probe_augmented
+
+    train_x, train_y, test_x, test_y = separable_problem()
+    batches = list(zip(torch.tensor_split(train_x, 4), torch.tensor_split(train_y, 4), strict=True))
+    args = {"num_classes": 6, "steps_per_epoch": 4, "epochs": 2, "device": "cpu"} | kwargs
+    with pytest.raises(ValueError, match=match):
+        linear_probe_augmented(nn.Identity(), lambda e: batches, test_x, test_y, **args)

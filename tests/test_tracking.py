@@ -453,3 +453,21 @@ def test_a_loaded_cells_views_are_recorded_as_params(store, tmp_path):
     assert params["aug.view1.scale"] == params["aug.view2.scale"] == "(0.4, 1.0)"
     assert params["aug.view1.flip_p"] == "0.0"  # digits' default
     assert params["aug.view2.solarize_p"] == "0.1" and params["aug.view1.solarize_p"] == "0.0"
+
+
+def test_the_linear_probe_protocol_of_each_run_is_a_param(store, tmp_path):
+    """Two cells of one file that differ only in eval.linear.protocol are two runs whose params
+    say which protocol their linear numbers come from (cached / augmented)."""
+    from suite.config import load_experiment
+
+    path = tmp_path / "x.yaml"
+    path.write_text(
+        f"name: {EXPERIMENT}\ndataset: {{name: digits}}\noptimizer: {{warmup_epochs: 0}}\n"
+        "matrix: {eval: [{linear: {protocol: cached}}, {linear: {protocol: augmented}}]}\n"
+    )
+    tracker = Tracker(store, EXPERIMENT)
+    for c in load_experiment(path, env={}).cells():
+        tracker.start_cell(c).finish()
+    rows = read_runs(store, EXPERIMENT)
+    assert sorted(r["params"]["eval.linear_protocol"] for r in rows) == ["augmented", "cached"]
+    assert len({r["cell_id"] for r in rows}) == 2

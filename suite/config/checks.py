@@ -22,6 +22,7 @@ from suite.cell import (
     ENCODERS,
     FLOOR_BN,
     HISTORIES,
+    LINEAR_PROTOCOLS,
     METHODS,
     OPTIMIZERS,
     PRECISIONS,
@@ -197,4 +198,5 @@ history = choice(HISTORIES, "a history layout")
 momentum_schedule = choice(MOMENTUM_SCHEDULES, "a momentum schedule")
 precision = choice(PRECISIONS, "a precision")
 floor_bn = choice(FLOOR_BN, "a floor BN setting")
+linear_protocol = choice(LINEAR_PROTOCOLS, "a linear-probe protocol")
 dataset = choice(dataset_names, "a dataset")

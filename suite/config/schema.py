@@ -160,6 +160,7 @@ EVAL = Section(
                 "epochs": _leaf("eval", "linear_epochs", check=_POS),
                 "lr": _leaf("eval", "linear_lr", check=c.number(0, lo_open=True)),
                 "batch_size": _leaf("eval", "linear_batch_size", check=_POS),
+                "protocol": _leaf("eval", "linear_protocol", check=c.linear_protocol),
             }
         ),
         "encoder": _leaf("eval", "encoder", check=c.encoder),

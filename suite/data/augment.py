@@ -293,3 +293,69 @@ class EvalTransform:
     def __call__(self, images: Tensor) -> Tensor:
         """Float32 normalised ``[B, 3, S, S]``."""
         return ops.normalize(self.resize(images), self.mean, self.std)
+
+
+class CropFlip:
+    """The view a linear classifier is trained on in the standard (augmented) linear evaluation:
+    RandomResizedCrop(S, ``scale``, ``ratio``) then a horizontal flip with probability
+    ``flip_p``, normalised — torchvision's ``RandomResizedCrop(S)`` + ``RandomHorizontalFlip()``
+    with their defaults, as in MoCo's and the official Momentum² Teacher linear evaluation.
+
+    Parameters are drawn per sample on the CPU from the generator passed in (the same seed gives
+    the same views on every device); :meth:`__call__` crops a batch on its device, :meth:`one`
+    crops one decoded image in a DataLoader worker (uint8, for :meth:`normalize` on the device).
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+    ) -> None:
+        if image_size < 1:
+            raise ValueError(f"image_size: must be positive, got {image_size}")
+        self.image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.scale, self.ratio, self.flip_p = tuple(scale), tuple(ratio), flip_p
+
+    def __repr__(self) -> str:
+        return (
+            f"CropFlip({self.image_size}, scale={self.scale}, ratio={self.ratio}, "
+            f"flip_p={self.flip_p})"
+        )
+
+    def _draw(self, n: int, h: int, w: int, generator: torch.Generator | None):
+        boxes = ops.sample_crop_boxes(n, h, w, self.scale, self.ratio, generator)
+        return boxes, torch.rand(n, generator=generator) < self.flip_p
+
+    def crop(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Cropped, resized and flipped float ``[0, 1]`` batch ``[B, 3, S, S]`` (any input size)."""
+        _check_generator(generator)
+        x = ops.to_float01(_as_rgb(images))
+        b, _, h, w = x.shape
+        boxes, flip = self._draw(b, h, w, generator)
+        return ops.resized_crop(x, boxes, self.image_size, flip)
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Float32 normalised ``[B, 3, S, S]`` on ``images``' device."""
+        return ops.normalize(self.crop(images, generator), self.mean, self.std)
+
+    def one(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One uint8 image ``[C, H, W]`` → its uint8 view ``[3, S, S]`` (torchvision kernels)."""
+        from torchvision.transforms.v2 import functional as tvf
+
+        _check_generator(generator)
+        img = _as_rgb(image[None])[0]
+        (top, left, ch, cw), flip = (t[0] for t in self._draw(1, *img.shape[1:], generator))
+        crop = tvf.resized_crop(
+            img, int(top), int(left), int(ch), int(cw), [self.image_size] * 2, antialias=True
+        )
+        return (tvf.horizontal_flip(crop) if bool(flip) else crop).contiguous()
+
+    def normalize(self, views: Tensor) -> Tensor:
+        """Float32 normalised batch from :meth:`one`'s uint8 views (stacked)."""
+        return ops.normalize(ops.to_float01(views), self.mean, self.std)

@@ -52,11 +52,12 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None
     reverses the rows of ``C_b`` (``y[..., j] = y[..., S−1−j]``), so it costs nothing.
     """
     b, _, h, w = x.shape
-    boxes = boxes.to(x.device)
+    # parameters drawn on the CPU: copied without waiting for the device (no host round trip)
+    boxes = boxes.to(x.device, non_blocking=True)
     rows = crop_weights(boxes[:, 0], boxes[:, 2], h, size)
     cols = crop_weights(boxes[:, 1], boxes[:, 3], w, size)
     if flip is not None:
-        cols = torch.where(flip.to(x.device)[:, None, None], cols.flip(1), cols)
+        cols = torch.where(flip.to(x.device, non_blocking=True)[:, None, None], cols.flip(1), cols)
     return rows[:, None] @ x @ cols.transpose(1, 2)[:, None]
 
 
@@ -179,8 +180,8 @@ def solarize(x: Tensor, apply: Tensor, threshold: float = 0.5) -> Tensor:
 
 def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """``(x − μ_c) / σ_c`` per channel."""
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1).to(x.device, non_blocking=True)
+    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1).to(x.device, non_blocking=True)
     return (x - m) / s
 
 

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from suite.data.augment import (
     AUG_ALIASES,
     AUGMENTATIONS,
+    CropFlip,
     EvalTransform,
     TwoViewAugment,
     ViewSpec,
@@ -38,11 +39,19 @@ from suite.data.augment import (
 from suite.data.datasets import DatasetInfo, LoadOptions, get_dataset
 from suite.data.errors import DataError
 from suite.data.splits import FileSplits, MemmapSplits, Splits, TensorSplits
-from suite.data.workers import FileCrops, FileEval, ItemSampler, MemmapBatches, mix_seed
+from suite.data.workers import (
+    FileCrops,
+    FileEval,
+    FileLinearCrops,
+    ItemSampler,
+    MemmapBatches,
+    mix_seed,
+)
 from suite.views import resolve_views
 
 SPLITS = ("train", "test")
 DEFAULT_SYNTHETIC_SIZE = 2048
+LINEAR_STREAM = 0x6C696E  # seeds of the linear-evaluation views: their own random stream
 
 
 def _loader(dataset, sampler, batch_size, device, num_workers, persistent, **kw) -> DataLoader:
@@ -214,6 +223,66 @@ class DataBundle:
         for x, y in batches:
             x = x.to(self.device, non_blocking=True)
             yield self.eval_transform(x), y.to(self.device, non_blocking=True)
+
+    @property
+    def linear_view(self) -> CropFlip:
+        """The linear-evaluation training view of this dataset: RandomResizedCrop(S) with
+        torchvision's defaults and a flip with the dataset's ``flip_p`` (0.5; digits and mnist are
+        never mirrored, as in their SSL views)."""
+        flip_p = float(self.info.view_defaults.get("flip_p", 0.5))
+        return CropFlip(self.image_size, self.info.mean, self.info.std, flip_p=flip_p)
+
+    def linear_steps(self, batch_size: int) -> int:
+        """Batches per epoch of :meth:`linear_epoch`: ``ceil(N / batch_size)`` of near-equal size,
+        none smaller than 2 (the classifier's BatchNorm needs two rows)."""
+        n = self.num_samples("train")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be positive, got {batch_size}")
+        if n < 2:
+            raise DataError(f"the train split of {self.name!r} has {n} sample(s); need >= 2")
+        return min(-(-n // batch_size), n // 2)
+
+    def linear_epoch(self, epoch: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Epoch ``epoch`` of the augmented linear evaluation: every train sample once, in the
+        order ``randperm(N, Generator(mix(seed, stream, epoch)))``, split into
+        :meth:`linear_steps` batches ``(x, y)`` — ``x`` float32 normalised ``[b, 3, S, S]``
+        views of :attr:`linear_view`, ``y`` long, both on the device. Batch ``k``'s crops come
+        from ``Generator(mix(seed, stream, epoch, k))`` (image files: per sample, in workers): a
+        pure function of ``(seed, epoch)``."""
+        steps = self.linear_steps(batch_size)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, LINEAR_STREAM, epoch))
+        order = torch.tensor_split(torch.randperm(self.num_samples("train"), generator=g), steps)
+        return self._linear_batches(epoch, order)
+
+    def _linear_batches(
+        self, epoch: int, order: tuple[Tensor, ...]
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        view = self.linear_view
+
+        def generator(k: int) -> torch.Generator:
+            return torch.Generator().manual_seed(mix_seed(self.seed, LINEAR_STREAM, epoch, k))
+
+        if isinstance(self._splits, TensorSplits):
+            images, labels = self._tensors["train"]
+            for k, idx in enumerate(order):
+                idx = idx.to(self.device, non_blocking=True)
+                yield view(images.index_select(0, idx), generator(k)), labels.index_select(0, idx)
+            return
+        sampler = ItemSampler()
+        if isinstance(self._splits, MemmapSplits):
+            sampler.items = [idx.numpy() for idx in order]
+            data = MemmapBatches(self._splits.train[0])
+            loader = _loader(data, sampler, None, self.device, self.num_workers, False)
+            labels = self._splits.train[1]
+            for k, (x, idx) in enumerate(zip(loader, order, strict=True)):
+                x = view(x.to(self.device, non_blocking=True), generator(k))
+                yield x, labels[idx].to(self.device, non_blocking=True)
+            return
+        sampler.items = [(idx.numpy(), epoch) for idx in order]
+        crops = FileLinearCrops(self._splits.train, view, self.seed, LINEAR_STREAM)
+        for x, y in _loader(crops, sampler, None, self.device, self.num_workers, False):
+            x = x.to(self.device, non_blocking=True)
+            yield view.normalize(x), y.to(self.device, non_blocking=True)
 
     def close(self) -> None:
         """Stop the persistent workers (they also stop when the bundle is garbage-collected);

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from suite.data.augment import EvalTransform, TwoViewAugment
+from suite.data.augment import CropFlip, EvalTransform, TwoViewAugment
 from suite.data.folders import FolderSplit, decode_rgb
 from suite.data.formats import MemmapImages
 
@@ -83,3 +83,26 @@ class FileEval(Dataset[tuple[Tensor, Tensor]]):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image = self.transform.one(decode_rgb(self.split.paths[index]))
         return image, self.split.labels[index]
+
+
+class FileLinearCrops(Dataset[tuple[Tensor, Tensor]]):
+    """Item = ``(sample indices, epoch)`` → their linear-evaluation views as one uint8 batch and
+    their labels (``batch_size=None``); sample ``i``'s crop is drawn from
+    ``Generator(mix_seed(seed, stream, epoch, -1, i))``, whichever batch or worker it is in."""
+
+    def __init__(self, split: FolderSplit, view: CropFlip, seed: int, stream: int) -> None:
+        self.split, self.view, self.seed, self.stream = split, view, seed, stream
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, item: tuple[np.ndarray, int]) -> tuple[Tensor, Tensor]:
+        indices, epoch = item
+        views = [
+            self.view.one(
+                decode_rgb(self.split.paths[i]),
+                torch.Generator().manual_seed(mix_seed(self.seed, self.stream, epoch, -1, int(i))),
+            )
+            for i in indices
+        ]
+        return torch.stack(views), self.split.labels[torch.as_tensor(indices)]

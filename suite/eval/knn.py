@@ -14,8 +14,10 @@ in DINO and mmselfsup) change the numbers: :func:`knn_accuracy` records them wit
 Test rows are processed in chunks so that one similarity block ``[chunk, N_train]`` stays within a
 memory budget (:data:`DEFAULT_BLOCK_BYTES`); 50,000 train × 10,000 test × 512 features needs
 about 100 MB for the normalised train features plus one 128 MB block. Everything runs on the device
-the features are on (CPU or CUDA). On CUDA the similarity matmul follows the caller's
-``torch.backends.cuda.matmul.allow_tf32``: with TF32 on, rows near the k-th neighbour may swap.
+the features are on (CPU or CUDA); accuracies are counted there and read once, at the end. On
+the CPU, ``cpu_threads`` sets the intra-op threads (:mod:`suite.eval.threads`). On CUDA the
+similarity matmul follows the caller's ``torch.backends.cuda.matmul.allow_tf32``: with TF32 on,
+rows near the k-th neighbour may swap.
 
 Features that break :mod:`suite.finite`'s rule (NaN, inf, ``|x| >= 2**64``) are refused with a
 ValueError: their normalisation is not a number, and a vote over them would still print one.
@@ -30,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from suite.eval.features import topk_correct
+from suite.eval.features import topk_hits
+from suite.eval.threads import cpu_threads as threads_for
 from suite.finite import check_features
 
 DEFAULT_BLOCK_BYTES = 128 * 2**20
@@ -136,6 +139,7 @@ def knn_scores(
     temperature: float = 0.1,
     num_classes: int | None = None,
     chunk_size: int | None = None,
+    cpu_threads: int | None = None,
 ) -> Tensor:
     """Class scores ``[M, C]`` of the weighted cosine kNN vote (module docstring).
 
@@ -145,18 +149,19 @@ def knn_scores(
     num_classes = _check_inputs(
         train_features, train_labels, test_features, k, temperature, num_classes, chunk_size
     )
-    parts = [
-        s
-        for _, s in _iter_scores(
-            train_features,
-            train_labels,
-            test_features,
-            k,
-            temperature,
-            num_classes,
-            chunk_size,
-        )
-    ]
+    with threads_for(cpu_threads, train_features.device):
+        parts = [
+            s
+            for _, s in _iter_scores(
+                train_features,
+                train_labels,
+                test_features,
+                k,
+                temperature,
+                num_classes,
+                chunk_size,
+            )
+        ]
     if not parts:
         return test_features.new_zeros(0, num_classes, dtype=torch.float32)
     return torch.cat(parts)
@@ -171,6 +176,7 @@ def knn_classify(
     temperature: float = 0.1,
     num_classes: int | None = None,
     chunk_size: int | None = None,
+    cpu_threads: int | None = None,
 ) -> Tensor:
     """Predict a label per test row by the weighted cosine kNN vote (InstDisc).
 
@@ -187,6 +193,8 @@ def knn_classify(
         num_classes: ``C``; default ``max(train_labels) + 1``.
         chunk_size: test rows per similarity block; default from a 128 MB budget per block
             (:func:`knn_chunk_size`). The result does not depend on it.
+        cpu_threads: torch intra-op threads while the vote runs on the CPU (restored
+            afterwards); None keeps the current setting (:mod:`suite.eval.threads`).
 
     Returns:
         int64 ``[M]`` on the features' device.
@@ -195,10 +203,11 @@ def knn_classify(
         train_features, train_labels, test_features, k, temperature, num_classes, chunk_size
     )
     preds = torch.empty(test_features.shape[0], dtype=torch.long, device=train_features.device)
-    for start, scores in _iter_scores(
-        train_features, train_labels, test_features, k, temperature, num_classes, chunk_size
-    ):
-        preds[start : start + scores.shape[0]] = scores.argmax(dim=1)
+    with threads_for(cpu_threads, train_features.device):
+        for start, scores in _iter_scores(
+            train_features, train_labels, test_features, k, temperature, num_classes, chunk_size
+        ):
+            preds[start : start + scores.shape[0]] = scores.argmax(dim=1)
     return preds
 
 
@@ -212,6 +221,7 @@ def knn_accuracy(
     temperature: float = 0.1,
     num_classes: int | None = None,
     chunk_size: int | None = None,
+    cpu_threads: int | None = None,
 ) -> dict[str, Any]:
     """Top-1 (and top-5 when ``C >= 5``) accuracy of :func:`knn_classify`, as fractions in [0, 1].
 
@@ -231,16 +241,16 @@ def knn_accuracy(
         train_features, train_labels, test_features, k, temperature, num_classes, chunk_size
     )
     ks = (1, 5) if num_classes >= 5 else (1,)
-    correct = dict.fromkeys(ks, 0)
-    for start, scores in _iter_scores(
-        train_features, train_labels, test_features, k, temperature, num_classes, chunk_size
-    ):
-        rows = test_labels[start : start + scores.shape[0]]
-        for kk, c in topk_correct(scores, rows, ks).items():
-            correct[kk] += c
+    hits = torch.zeros(len(ks), dtype=torch.long, device=train_features.device)
+    with threads_for(cpu_threads, train_features.device):
+        for start, scores in _iter_scores(
+            train_features, train_labels, test_features, k, temperature, num_classes, chunk_size
+        ):
+            hits += topk_hits(scores, test_labels[start : start + scores.shape[0]], ks)
     total = test_features.shape[0]
+    counts = hits.tolist()  # the one host synchronisation of the vote
     result: dict[str, Any] = {
-        f"top{kk}": (c / total if total else 0.0) for kk, c in correct.items()
+        f"top{kk}": (c / total if total else 0.0) for kk, c in zip(ks, counts, strict=True)
     }
     result.update(
         k=k,

@@ -1,4 +1,5 @@
-"""Linear probe: a linear classifier trained on cached frozen features.
+"""Linear probe: a linear classifier trained on cached frozen features (``eval.linear.protocol:
+cached``, the default; the standard protocol on augmented images is :mod:`suite.eval.augmented`).
 
 The model is ``logits = W · norm(x) + b`` trained with cross-entropy by SGD with momentum and a
 per-iteration cosine learning rate ``lr_t = lr · (1 + cos(π t / T_total)) / 2`` (``t`` steps
@@ -29,15 +30,14 @@ count the result is a deterministic function of the inputs and ``seed``. Feature
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from suite.eval.features import topk_accuracy
+from suite.eval.threads import cpu_threads as threads_for
 from suite.finite import check_features
 
 NORMALIZATIONS = ("bn", "standardize", None)
@@ -111,18 +111,6 @@ def cross_entropy_grad(
     return g.T @ h, g.sum(dim=0), loss
 
 
-@contextlib.contextmanager
-def _intra_op_threads(threads: int | None) -> Iterator[None]:
-    """Set torch's CPU intra-op thread count inside the block (``None``: leave it), then restore."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @torch.no_grad()
 def _fit_and_score(
     x_train: Tensor,
@@ -155,14 +143,17 @@ def _fit_and_score(
     for epoch in range(1, epochs + 1):
         norm.train()
         train_loss = torch.zeros((), device=device)
-        order = torch.randperm(num_rows, generator=generator).to(device)
+        # drawn on the CPU (the same order on every device), copied without a stream sync
+        order = torch.randperm(num_rows, generator=generator).to(device, non_blocking=True)
         for rows in torch.tensor_split(order, num_batches):
             step_lr = lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             grad_w, grad_b, loss = cross_entropy_grad(
                 norm(x_train[rows]), y_train[rows], weight, bias
             )
             for param, grad, buf in ((weight, grad_w, velocity[0]), (bias, grad_b, velocity[1])):
-                buf.mul_(momentum).add_(grad.add_(param, alpha=weight_decay))
+                if weight_decay:
+                    grad.add_(param, alpha=weight_decay)
+                torch.add(grad, buf, alpha=momentum, out=buf)  # v = g + momentum·v, one pass
                 param.add_(buf, alpha=-step_lr)
             train_loss += loss * rows.shape[0]
             step += 1
@@ -207,25 +198,25 @@ def linear_probe(
     batch_size)`` near-equal minibatches (``batch_size >= N`` is full-batch gradient descent).
     The test set is evaluated every ``eval_every`` epochs and after the last one.
 
-    ``device`` defaults to ``train_x``'s device. On the CPU the probe runs with ``cpu_threads``
-    intra-op threads (restored afterwards; ``None`` keeps the current setting). The default 1 is
-    deliberate: one step is far too small to gain from threads (OpenMP synchronisation per op
-    costs more, badly so on a busy machine), and a fixed count makes the result independent of
-    the machine's core count.
+    ``device`` defaults to ``train_x``'s device; the probe runs there, features, labels and
+    parameters included, and reads the accuracy once per evaluation. On the CPU it runs with
+    ``cpu_threads`` intra-op threads (restored afterwards; ``None`` keeps the current setting,
+    :mod:`suite.eval.threads`). The default 1 suits small probes, whose steps are too small to
+    gain from threads (OpenMP synchronisation per op costs more, badly so on a busy machine), and
+    makes the result independent of the machine's core count; a cell's evaluation passes every
+    core instead (ImageNet-size steps do gain from them).
 
     Returns a dict with fractions in [0, 1]: ``top1`` and ``top5`` (top-5 only when ``num_classes
     >= 5``) after the last epoch, ``best_top1`` and its 1-based ``best_epoch`` over the
     evaluations, ``train_loss`` (mean cross-entropy of the last epoch), and the protocol:
     ``epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``momentum``, ``seed``, ``normalize``
-    (``"none"`` for ``None``).
+    (``"none"`` for ``None``), ``protocol="cached"``.
     """
     _check(
         train_x, train_y, test_x, test_y, num_classes, epochs, lr, batch_size, normalize, eval_every
     )
-    if cpu_threads is not None and cpu_threads < 1:
-        raise ValueError(f"cpu_threads: {cpu_threads}; expected None or >= 1")
     run_device = torch.device(device) if device is not None else train_x.device
-    with _intra_op_threads(cpu_threads if run_device.type == "cpu" else None), torch.no_grad():
+    with threads_for(cpu_threads, run_device), torch.no_grad():
         x_train = train_x.to(run_device, torch.float32)
         x_test = test_x.to(run_device, torch.float32)
         norm: nn.Module = nn.Identity()
@@ -259,5 +250,6 @@ def linear_probe(
         momentum=momentum,
         seed=seed,
         normalize="none" if normalize is None else normalize,
+        protocol="cached",
     )
     return result

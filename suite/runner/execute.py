@@ -85,6 +85,7 @@ def summary(cell: CellConfig, run_id: str, metrics: dict[str, Any], device: str 
                 "epochs": ev.linear_epochs,
                 "lr": ev.linear_lr,
                 "batch_size": ev.linear_batch_size,
+                "protocol": ev.linear_protocol,
             },
             "random_init_floor": ev.random_init_floor,
             "bn_statistics": EVAL_BN_STATISTICS,

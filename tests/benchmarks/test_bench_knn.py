@@ -15,6 +15,13 @@ The target size is 10,000 test rows. scikit-learn's brute-force predict costs ab
 rows (group ``knn-10k``), and the scikit-learn time scaled linearly to 10,000 rows is recorded in
 that benchmark's ``extra_info`` (predict cost is linear in the test rows: every test row is
 compared with every train row). ``BNSUITE_BENCH_SUBSET`` changes the subset size.
+
+The floor (group ``knn-floor-<device>``, on the CPU and on CUDA when there is one): kNN of
+10,000 × 50,000 × 512 against the bare matrix product it is bound by — the same test × train
+similarity products, normalised features prepared beforehand, in the same chunks into the same
+preallocated block (the memory budget of the vote), nothing else. ``extra_info["vs_floor"]`` of
+the kNN benchmark is mean kNN time / mean floor time (1.0 would be the vote for free); what the
+vote adds is the normalisation, the top-k and the weighted scatter.
 """
 
 from __future__ import annotations
@@ -24,12 +31,19 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from suite.eval import knn_classify
+from suite.eval import knn_chunk_size, knn_classify
 
 NUM_TRAIN, NUM_TEST, DIM, NUM_CLASSES = 50_000, 10_000, 512, 10
 K, TEMPERATURE = 200, 0.1
 SUBSET = int(os.environ.get("BNSUITE_BENCH_SUBSET", "2000"))
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +123,54 @@ def test_bench_knn_suite_full(benchmark, problem, timings):
         benchmark.extra_info.update(
             sklearn_scaled_s=scaled, speedup_vs_sklearn_scaled=scaled / benchmark.stats.stats.mean
         )
+
+
+def _synchronised(fn, device: str):
+    """``fn`` followed by a wait for the device, so that a timing covers the work done."""
+    if device != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bench_knn_floor_matmul(benchmark, problem, timings, device):
+    """The floor: the test × train similarity products of the vote alone (normalised features
+    given), in the vote's chunks into its preallocated block."""
+    benchmark.group = f"knn-floor-{device}"
+    train = F.normalize(problem["train"].to(device), dim=1)
+    test = F.normalize(problem["test"].to(device), dim=1)
+    chunk = knn_chunk_size(NUM_TRAIN)
+    block = torch.empty(chunk, NUM_TRAIN, device=device)
+
+    def products():
+        for start in range(0, NUM_TEST, chunk):
+            query = test[start : start + chunk]
+            torch.mm(query, train.T, out=block[: query.shape[0]])
+
+    benchmark.pedantic(_synchronised(products, device), rounds=3, iterations=1, warmup_rounds=1)
+    timings[f"floor_{device}"] = benchmark.stats.stats.mean
+    benchmark.extra_info.update(
+        test_rows=NUM_TEST, train_rows=NUM_TRAIN, dim=DIM, chunk_rows=chunk, device=device
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bench_knn_against_its_floor(benchmark, problem, timings, device):
+    """suite.eval.knn_classify on all 10,000 test rows on ``device``; vs_floor = its mean time /
+    the floor's (test_bench_knn_floor_matmul, same device, run first)."""
+    benchmark.group = f"knn-floor-{device}"
+    train, labels, test = (problem[k].to(device) for k in ("train", "labels", "test"))
+
+    def vote():
+        return knn_classify(train, labels, test, k=K, temperature=TEMPERATURE)
+
+    benchmark.pedantic(_synchronised(vote, device), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(test_rows=NUM_TEST, train_rows=NUM_TRAIN, dim=DIM, device=device)
+    if f"floor_{device}" in timings:
+        benchmark.extra_info["vs_floor"] = benchmark.stats.stats.mean / timings[f"floor_{device}"]
