@@ -10,7 +10,9 @@ Per iteration k (0-based) of K = epochs × steps_per_epoch:
     teacher   ← EMA with m_k (inside ``method.training_step``), then forwards, loss, backward, step.
 
 Divergence stops the cell with :class:`TrainingDiverged` (the step and the tensor): a loss that is
-not finite (checked every step; the loss is on the host already), and any parameter or buffer of
+not finite (checked every step: on the CPU on the host; on CUDA on the device, where the first
+non-finite step is kept and read at the next logging or checkpoint step, so no step waits for the
+host and the reason still names the step), and any parameter or buffer of
 student or teacher (BN running statistics included) that breaks :mod:`suite.finite`'s rule —
 NaN, inf or ``|x| >= 2**64`` — checked at every logging step, before every checkpoint (so a
 diverged state is never saved) and before evaluation: one reduction per tensor and one host
@@ -111,6 +113,40 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
             "command again to restart this cell from step 0"
         ) from exc
     return state
+
+
+class LossWatch:
+    """Every step's loss checked for finiteness, without a host read per step where that costs.
+
+    ``deferred=False`` (CPU): :meth:`see` returns the loss as a float and raises
+    :class:`TrainingDiverged` at once on a non-finite one. ``deferred=True`` (CUDA): :meth:`see`
+    only records, on the device, the first step whose loss was not finite (no synchronisation);
+    :meth:`read` (called at logging and checkpoint steps, before any state is saved) raises naming
+    that step.
+    """
+
+    HINT = "the cell stops. Lower optimizer.lr_per_256 or check the data"
+
+    def __init__(self, device: torch.device, deferred: bool) -> None:
+        self.deferred = deferred
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def see(self, loss: torch.Tensor, step: int) -> float | None:
+        if not self.deferred:
+            value = float(loss)
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss became {value} at step {step}; {self.HINT}")
+            return value
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        return None
+
+    def read(self, step: int) -> None:
+        at = int(self.first_bad)
+        if at >= 0:
+            raise TrainingDiverged(
+                f"loss became non-finite at step {at} (read at step {step}); {self.HINT}"
+            )
 
 
 @dataclass
@@ -344,6 +380,8 @@ def train_cell(
     runtime.reset_peak_memory(dev)
     method.train()
     last_logs: dict[str, float] = {}
+    shown: dict[str, float] = {}
+    watch = LossWatch(dev, deferred=dev.type == "cuda")
     resumed_at = step
     autocast = runtime.autocast_context(dev, cell.precision)
     while step < run_steps:
@@ -358,27 +396,30 @@ def train_cell(
             scheduler.step_update(num_updates=step)
             with autocast:
                 loss, logs = method.training_step(view1, view2, step)
-            if not math.isfinite(logs["loss"]):
-                raise TrainingDiverged(
-                    f"loss became {logs['loss']} at step {step} (epoch {epoch}); the cell stops. "
-                    "Lower optimizer.lr_per_256 or check the data"
-                )
+            host_loss = watch.see(logs["loss"], step)
+            if host_loss is not None:
+                logs["loss"] = host_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             timer.stop(t_got)  # no host synchronisation: CUDA events, read at logging steps
             step += 1
             logs["lr"] = optimizer.param_groups[0]["lr"]
-            last_logs = logs
-            if progress is not None:
-                progress(step, run_steps, logs)
             logging_step = step % cell.log_every == 0 or step == run_steps
             checkpoint_step = step % cell.checkpoint_every == 0 or step == run_steps
+            if watch.deferred and (logging_step or checkpoint_step):
+                watch.read(step)  # the one host read of the loss flag, at a logging step
+                logs["loss"] = float(logs["loss"])
+            if not isinstance(logs["loss"], torch.Tensor):
+                shown = logs  # host values: on CUDA those of the last logging step
+            last_logs = shown
+            if progress is not None:
+                progress(step, run_steps, shown)
             if logging_step or checkpoint_step:
                 check(step)  # before the save: a diverged state is never checkpointed
                 timer.flush()  # check() has synchronised already
             if log_metrics is not None and logging_step:
-                log_metrics({f"train/{k}": float(v) for k, v in logs.items()}, step)
+                log_metrics({f"train/{k}": float(v) for k, v in shown.items()}, step)
             if checkpoint_step:
                 save()
             if stop_at_step is not None and step >= stop_at_step:

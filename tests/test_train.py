@@ -243,3 +243,28 @@ def test_lars_excludes_bn_and_biases_from_weight_decay_and_adaptation():
     assert not torch.allclose(moved["0.weight"], -0.1 * grads["0.weight"])
     moved_off, _ = step(False)
     assert not torch.allclose(moved_off["1.weight"], -0.1 * grads["1.weight"])
+
+
+def test_deferred_loss_watch_names_the_first_bad_step_only_when_read():
+    """CUDA's mode, run on CPU tensors: seeing a loss never reads it on the host, and the read at
+    the next logging step raises naming the first non-finite step, not a later one."""
+    from suite.train import LossWatch
+
+    watch = LossWatch(torch.device("cpu"), deferred=True)
+    for step, value in enumerate([1.0, 2.0, float("nan"), 3.0, float("inf")]):
+        assert watch.see(torch.tensor(value), step) is None  # recorded, never raised here
+    with pytest.raises(TrainingDiverged, match=r"non-finite at step 2 \(read at step 4\)"):
+        watch.read(4)
+    clean = LossWatch(torch.device("cpu"), deferred=True)
+    for step in range(3):
+        clean.see(torch.tensor(0.5 * step), step)
+    clean.read(2)  # finite losses: nothing raised
+
+
+def test_immediate_loss_watch_returns_the_host_loss_and_raises_at_the_bad_step():
+    from suite.train import LossWatch
+
+    watch = LossWatch(torch.device("cpu"), deferred=False)
+    assert watch.see(torch.tensor(1.5), 0) == 1.5
+    with pytest.raises(TrainingDiverged, match=r"loss became inf at step 7"):
+        watch.see(torch.tensor(float("inf")), 7)

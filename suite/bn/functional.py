@@ -51,11 +51,13 @@ def group_stats(x: Tensor, groups: int) -> tuple[Tensor, Tensor, int]:
 
 def _pool_across_processes(
     mean: Tensor, var: Tensor, count: int, group: dist.ProcessGroup | None
-) -> tuple[Tensor, Tensor, int]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Exact pooled mean and biased variance of the same group over all processes.
 
     Each process contributes (n_i, μ_i, σ²_i); pooled μ = Σ n_i μ_i / Σ n_i and
-    σ² = Σ n_i (σ²_i + (μ_i − μ)²) / Σ n_i (no sum-of-squares cancellation).
+    σ² = Σ n_i (σ²_i + (μ_i − μ)²) / Σ n_i (no sum-of-squares cancellation). The pooled count
+    Σ n_i comes back as a 0-dim tensor on the device: reading it on the host (``.item()``) would
+    synchronise a CUDA stream in every BN layer of every forward.
     """
     world = dist.get_world_size(group)
     packed = torch.stack([mean, var, torch.full_like(mean, float(count))])  # [3, G, C]
@@ -66,7 +68,7 @@ def _pool_across_processes(
     total = n_i.sum(0)
     pooled_mean = (n_i * allp[:, 0]).sum(0) / total
     pooled_var = (n_i * (allp[:, 1] + (allp[:, 0] - pooled_mean) ** 2)).sum(0) / total
-    return pooled_mean, pooled_var, int(total.flatten()[0].item())
+    return pooled_mean, pooled_var, total.flatten()[0]
 
 
 class _GroupNormalize(torch.autograd.Function):
@@ -109,7 +111,7 @@ class _GroupNormalize(torch.autograd.Function):
                 both = torch.stack([sum_dy, sum_dy_xhat])
                 dist.all_reduce(both, group=ctx.process_group)
                 sum_dy, sum_dy_xhat = both[0], both[1]
-            n = float(ctx.count)
+            n = ctx.count if isinstance(ctx.count, Tensor) else float(ctx.count)
             scale = rstd if weight is None else rstd * weight.to(acc)
             mean_dy = (sum_dy / n)[:, None, :, None]
             mean_dy_xhat = (sum_dy_xhat / n)[:, None, :, None]
@@ -125,7 +127,7 @@ def group_batch_norm(
     groups: int,
     eps: float,
     process_group: dist.ProcessGroup | None = None,
-) -> tuple[Tensor, Tensor, Tensor, int]:
+) -> tuple[Tensor, Tensor, Tensor, int | Tensor]:
     """Normalise each of ``groups`` contiguous groups with its own statistics.
 
     Returns ``(y, mean, var, n)``: the output, the per-group mean and biased variance ([G, C],
@@ -173,14 +175,18 @@ def update_running_stats(
     running_var: Tensor,
     mean: Tensor,
     var_biased: Tensor,
-    count: int,
+    count: int | Tensor,
     momentum: float,
 ) -> None:
     """EMA of running statistics, as nn.BatchNorm: r ← (1 − m)·r + m·stat, variance unbiased.
 
-    ``mean``/``var_biased`` are the [C] statistics of one group (one device's chunk of one view).
+    ``mean``/``var_biased`` are the [C] statistics of one group (one device's chunk of one view);
+    ``count`` its sample count, a host int or (pooled across processes) a 0-dim device tensor.
     """
-    unbiased = var_biased * (count / max(count - 1, 1))
+    if isinstance(count, Tensor):
+        unbiased = var_biased * (count / (count - 1).clamp_min(1))
+    else:
+        unbiased = var_biased * (count / max(count - 1, 1))
     with torch.no_grad():
         running_mean.lerp_(mean.to(running_mean.dtype), momentum)
         running_var.lerp_(unbiased.to(running_var.dtype), momentum)

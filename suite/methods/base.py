@@ -262,8 +262,10 @@ class TeacherStudent(nn.Module, abc.ABC):
     ) -> tuple[Tensor, dict[str, float]]:
         """EMA update with ``m_step``, forwards and loss; returns ``(loss, logs)``.
 
-        Logs: ``loss``, ``teacher_momentum`` and, with a MomentumBN teacher, ``teacher_bn_beta``
-        (β of the teacher's first BN layer used in this step's forwards), plus the method's own.
+        Logs: ``loss`` (a detached 0-dim tensor on the device: converting it to a float here would
+        synchronise a CUDA stream every step; the loop reads it where it logs), ``teacher_momentum``
+        and, with a MomentumBN teacher, ``teacher_bn_beta`` (β of the teacher's first BN layer used
+        in this step's forwards, a host value), plus the method's own.
         """
         momentum = self.momentum_at(step)
         self.update_teacher(momentum)
@@ -271,7 +273,7 @@ class TeacherStudent(nn.Module, abc.ABC):
         if self._momentum_layer is not None:
             logs["teacher_bn_beta"] = float(self._momentum_layer.batch_weight)
         loss, extra = self.compute_loss(view1, view2)
-        logs["loss"] = float(loss.detach())
+        logs["loss"] = loss.detach()
         logs.update(extra)
         return loss, logs
 
