@@ -185,20 +185,33 @@ class CellConfig:
         walk("", self.to_dict())
         return out
 
+    def id_fields(self) -> dict[str, Any]:
+        """What the cell id hashes: the fields whose value differs from the field's default, as a
+        nested mapping (a sub-configuration with no such field is left out; a view that replaces
+        its ``None`` default is kept, even when every key of it is a default).
+
+        Left out as well: :data:`NOT_HASHED` (where the data lives, how many loader workers read
+        it, how often the loop logs or checkpoints) and, for a training cell, ``bench`` (its keys
+        time a bench cell and change nothing a training cell computes)."""
+        changed = _changes(self, None)
+        for dotted in NOT_HASHED:
+            *parents, key = dotted.split(".")
+            node = changed
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(key, None)
+        if not self.is_bench:
+            changed.pop("bench", None)
+        return {k: v for k, v in changed.items() if v != {}}  # emptied by NOT_HASHED
+
     @property
     def cell_id(self) -> str:
-        """12 hex digits of SHA-256 over the canonical JSON of the resolved cell.
+        """12 hex digits of SHA-256 over the canonical JSON of :meth:`id_fields`.
 
-        Fields that cannot change a result are left out (:data:`NOT_HASHED`): where the data
-        lives, how many loader workers read it, and how often the loop logs or checkpoints.
-        """
-        d = self.to_dict()
-        for dotted in NOT_HASHED:
-            parent, _, key = dotted.rpartition(".")
-            (d[parent] if parent else d).pop(key)
-        if not self.is_bench:  # training cells keep the ids they had before bench cells existed
-            d.pop("bench")
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+        Only values that differ from their defaults are hashed, so adding a field with a default
+        (the behaviour before the field existed) keeps every existing id, and a finished cell is
+        not trained again (``experiments/README.md``, "Cell id")."""
+        blob = json.dumps(self.id_fields(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @classmethod
@@ -225,3 +238,22 @@ class CellConfig:
 
     def replace(self, **changes: Any) -> CellConfig:
         return dataclasses.replace(self, **changes)
+
+
+_SAME: Any = object()  # _changes: "equal to the default"
+
+
+def _changes(value: Any, default: Any) -> Any:
+    """The part of ``value`` that differs from ``default``, or ``_SAME``. A dataclass is compared
+    field by field with ``default`` when it is of the same type, else with its own class's
+    defaults (``type(value)()``); a dataclass that replaces a ``None`` default is never ``_SAME``
+    (``{}`` when all its fields are defaults)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        base = default if type(default) is type(value) else type(value)()
+        out = {}
+        for f in dataclasses.fields(value):
+            sub = _changes(getattr(value, f.name), getattr(base, f.name))
+            if sub is not _SAME:
+                out[f.name] = sub
+        return out if out or default is None else _SAME
+    return _SAME if value == default else value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import textwrap
 from pathlib import Path
@@ -18,6 +19,7 @@ from suite.cell import (
     STRATEGIES,
     VARIANCES,
     CellConfig,
+    EvalConfig,
 )
 from suite.config import ConfigError, Experiment, load_experiment
 from suite.data import DATASETS
@@ -561,6 +563,44 @@ def test_any_change_of_a_resolved_value_changes_the_cell_id(tmp_path, old, new):
     changed = [a.to_dict() != b.to_dict() for a, b in zip(after, before, strict=True)]
     assert any(changed)
     assert [a.cell_id != b.cell_id for a, b in zip(after, before, strict=True)] == changed
+
+
+def _with_added_fields(cell: CellConfig, **new: object) -> CellConfig:
+    """``cell`` under a schema that has two more fields with defaults: ``added`` at the top level
+    and ``eval.added`` (what a release that adds keys does); ``new`` sets their values."""
+    extra_eval = dataclasses.make_dataclass(
+        "EvalPlus", [("added", int, dataclasses.field(default=7))], bases=(EvalConfig,), frozen=True
+    )
+    extra_cell = dataclasses.make_dataclass(
+        "CellPlus",
+        [
+            ("added", str, dataclasses.field(default="off")),
+            ("eval", extra_eval, dataclasses.field(default_factory=extra_eval)),
+        ],
+        bases=(CellConfig,),
+        frozen=True,
+    )
+    values = {f.name: getattr(cell, f.name) for f in dataclasses.fields(cell)}
+    values["eval"] = extra_eval(**dataclasses.asdict(cell.eval), added=new.pop("eval_added", 7))
+    return extra_cell(**values, **new)
+
+
+def test_adding_a_field_with_a_default_keeps_every_cell_id(tmp_path):
+    """Ids hash only non-default values: the cells of a file keep their ids under a schema with
+    new defaulted fields (so finished cells are not run again), and setting a new field to
+    another value gives a new id."""
+    cells = load(tmp_path, TABLE).cells()
+    extended = [_with_added_fields(c) for c in cells]
+    assert [e.cell_id for e in extended] == [c.cell_id for c in cells]
+    assert all(_with_added_fields(c, added="on").cell_id != c.cell_id for c in cells)
+    assert _with_added_fields(cells[0], eval_added=8).cell_id != cells[0].cell_id
+
+
+def test_writing_a_default_value_keeps_the_cell_id(tmp_path):
+    """A value equal to the field's default is the same cell as leaving the key out."""
+    explicit = TABLE.replace("batch_size: 256", "batch_size: 256\n    epochs: 1\n    nproc: 1")
+    assert ids(tmp_path, explicit) == ids(tmp_path, TABLE)
+    assert CellConfig(batch_size=64).cell_id == CellConfig().cell_id
 
 
 def test_moving_the_data_does_not_change_the_cell_id(tmp_path):
