@@ -22,13 +22,11 @@ def load_cells(tmp_path: Path, text: str) -> list[CellConfig]:
     return load_experiment(path, env={}).cells()
 
 
-def test_digits_and_mnist_carry_no_flip_and_other_datasets_no_default():
-    """The dataset defaults are documented in the registry: digits/mnist flip_p 0, others none."""
-    assert dict(DATASETS["digits"].view_defaults) == {"flip_p": 0.0}
-    assert dict(DATASETS["mnist"].view_defaults) == {"flip_p": 0.0}
-    assert all(
-        not info.view_defaults for n, info in DATASETS.items() if n not in ("digits", "mnist")
-    )
+def test_digit_datasets_carry_no_flip_and_other_datasets_no_default():
+    """The dataset defaults are in the registry: digits/mnist/mnist5k flip_p 0, others none."""
+    digits = ("digits", "mnist", "mnist5k")
+    assert all(dict(DATASETS[n].view_defaults) == {"flip_p": 0.0} for n in digits)
+    assert all(not info.view_defaults for n, info in DATASETS.items() if n not in digits)
 
 
 def test_precedence_recipe_then_small_image_rule_then_dataset_then_file():
