@@ -1,7 +1,7 @@
 """Bench cells: the points of the throughput study, run and recorded by the runner like any cell.
 
 A cell with ``bench.steps >= 1`` (:class:`suite.cell.BenchConfig`) is not trained and evaluated:
-its process (``python -m suite.runner.child``, under ``torchrun`` when ``nproc > 1``) times the
+its process (``bnsuite _cell``, under ``torchrun`` when ``nproc > 1``) times the
 cell's training step on random views already on the device, and the runner records the figures
 in MLflow as it records every cell's metrics — so ``bnsuite check`` gates them with baselines and
 ``bnsuite report`` draws them.

@@ -42,11 +42,20 @@ from suite.runner import (
     run_plan,
 )
 from suite.runner import execute as execute_module
-from suite.runner.child import Throughput, read_cell, write_cell
+from suite.runner.child import (
+    MARKER,
+    Throughput,
+    child_command,
+    child_env,
+    encode,
+    parse,
+    read_cell,
+    torchrun_command,
+    write_cell,
+)
 from suite.runner.lock import CellLock, is_locked
 from suite.runner.plan import varying_fields
 from suite.runner.progress import ProgressView, bar, format_table
-from suite.runner.protocol import MARKER, encode, parse
 from suite.tracking import CELL_TAG, FAILURE_TAG, read_runs
 
 TINY = {
@@ -223,6 +232,28 @@ def test_cell_file_round_trip(tmp_path):
         read_cell(path)
 
 
+def test_the_cell_process_starts_through_the_hidden_cli_command(tmp_path):
+    """The runner starts a cell as ``python -m suite _cell`` (``--nproc N`` makes it torchrun's
+    trampoline); ``bnsuite --help`` does not list ``_cell``; a real ``_cell`` process given a
+    tampered cell file reports an error event and exits 1."""
+    path = write_cell(CellConfig(experiment="x", max_steps=1), tmp_path / "cell.json")
+    one = child_command(1, path, tmp_path, "cpu")
+    args = [str(path), "--workdir", str(tmp_path), "--device", "cpu"]
+    assert one[1:] == ["-m", "suite", "_cell", *args]
+    assert child_command(2, path, tmp_path, "cpu")[-2:] == ["--nproc", "2"]
+    assert torchrun_command(2, args)[-8:] == ["-m", "suite", "_cell", *args]
+    code, out, _ = cli("--help")
+    assert code == 0 and "  run " in out and "_cell" not in out
+    blob = json.loads(path.read_text())
+    blob["cell"]["seed"] = 4
+    path.write_text(json.dumps(blob))
+    result = subprocess.run(one, capture_output=True, text=True, env=child_env("sqlite:///unused"))
+    assert result.returncode == 1
+    events = [parse(line) for line in result.stdout.splitlines()]
+    assert [e["event"] for e in events if e] == ["error"]
+    assert "cell id" in next(e for e in events if e)["reason"]
+
+
 # -- locks ---------------------------------------------------------------------------------------
 def test_cell_lock_excludes_a_second_holder_until_released(tmp_path):
     """A held lock refuses a second acquire (another open file) and is free after release."""
@@ -257,7 +288,7 @@ def test_die_with_parent_ends_a_silent_child_when_its_parent_is_killed():
     """A child that called die_with_parent and then only sleeps (never writes) is gone after its
     parent is SIGKILLed; without the request it would sleep for ten minutes."""
     child = (
-        "import os, time; from suite.runner.launch import die_with_parent; "
+        "import os, time; from suite.runner.child import die_with_parent; "
         "die_with_parent(int(os.environ['PARENT'])); print('ready', flush=True); time.sleep(600)"
     )
     parent = (
@@ -280,7 +311,7 @@ def test_die_with_parent_ends_a_silent_child_when_its_parent_is_killed():
 def test_die_with_parent_exits_when_the_parent_is_already_another():
     """die_with_parent(expected) exits at once (status 1) when the parent is not ``expected``
     (the runner died before the request could take effect)."""
-    script = "from suite.runner.launch import die_with_parent; die_with_parent(1); print('alive')"
+    script = "from suite.runner.child import die_with_parent; die_with_parent(1); print('alive')"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 1 and "alive" not in result.stdout
 

@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from suite.cell import EVAL_BN_STATISTICS
-from suite.runner.child import write_cell
-from suite.runner.launch import child_command, child_env
+from suite.runner.child import child_command, child_env, parse, write_cell
 from suite.runner.lock import CellLock
 from suite.runner.plan import PlannedCell, cell_folder
 from suite.runner.progress import ProgressView
-from suite.runner.protocol import parse
 
 if TYPE_CHECKING:
     from suite.cell import CellConfig

@@ -27,9 +27,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from suite.runner.execute import BUSY, SKIPPED, CellOutcome, train_and_record
-from suite.runner.plan import Plan, build_plan
+from suite.runner.plan import Plan, Shard, build_plan
 from suite.runner.progress import ProgressView, format_table, percent, rate
-from suite.runner.shard import Shard
 
 if TYPE_CHECKING:
     from suite.tracking import Tracker
