@@ -180,7 +180,7 @@ def test_a_dataset_registered_beside_its_loader_is_usable_everywhere(tmp_path):
         path = tmp_path / "x.yaml"
         path.write_text("name: t\ndataset: {name: stripes, image_size: 8}\n")
         (cell,) = load_experiment(path, env={}).cells()
-        assert cell.data.name == "stripes" and cell.aug.view1.gray_p == 0.0
+        assert cell.dataset.name == "stripes" and cell.aug.view1.gray_p == 0.0
         assert check_dataset("stripes", None) is None
         bundle = build("stripes", None, image_size=8)
         assert bundle.num_classes == 3 and bundle.num_ssl_samples == 24

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from suite import runtime, throughput
-from suite.cell import BenchConfig, CellConfig, DataConfig
+from suite.cell import BenchConfig, CellConfig, DatasetConfig
 from suite.cli import main
 from suite.train import StepTimer
 
@@ -40,14 +40,15 @@ matrix:
 
 
 def _tiny_cell(**bench) -> CellConfig:
-    from suite.cell import MethodConfig, OptimConfig
+    from suite.cell import MethodConfig, OptimizerConfig
 
     return CellConfig(
         experiment="t",
-        data=DataConfig(name="synthetic", image_size=16, num_workers=0),
+        dataset=DatasetConfig(name="synthetic", image_size=16, num_workers=0),
         backbone="resnet10t",
-        method=MethodConfig(proj_hidden=64, proj_dim=32, pred_hidden=64, cifar_stem=False),
-        optim=OptimConfig(warmup_epochs=0),
+        cifar_stem=False,
+        method=MethodConfig(proj_hidden=64, proj_dim=32, pred_hidden=64),
+        optimizer=OptimizerConfig(warmup_epochs=0),
         batch_size=8,
         devices=2,
         student_bn="sync",
@@ -82,7 +83,7 @@ def test_throughput_study_covers_every_pair_of_each_method_at_two_process_counts
     every = {(s, t) for s in ("local", "sync") for t in ("local", "sync", "momentum", "shuffle")}
     assert pairs == {"byol": every, "mocov2": every, "m2t": {("local", "momentum")}}
     assert {c.nproc for c in cells} == {1, 2} and {c.devices for c in cells} == {2}
-    assert {c.data.image_size for c in cells} == {32, 64}
+    assert {c.dataset.image_size for c in cells} == {32, 64}
     assert len(cells) == 68
     sections = baselines_for("throughput", [ROOT / "baselines" / "throughput.yaml"], explicit=True)
     assert sections

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from suite.cell import AugConfig, CellConfig, DataConfig, MethodConfig
+from suite.cell import AugConfig, CellConfig, DatasetConfig, MethodConfig
 from suite.config import load_experiment
 from suite.data import DATASETS
 from suite.train import build_cell_data
@@ -117,7 +117,9 @@ def test_the_views_reaching_the_augmentation_are_the_files(tmp_path):
 
 def test_cell_built_in_code_gets_recipe_and_dataset_default_at_run_time():
     """AugConfig() (None): the method's recipe with the dataset's defaults; a given view is kept."""
-    cell = CellConfig(data=DataConfig(name="digits", image_size=16), method=MethodConfig("mocov2"))
+    cell = CellConfig(
+        dataset=DatasetConfig(name="digits", image_size=16), method=MethodConfig("mocov2")
+    )
     m1, m2 = view_specs("mocov2", blur=False)
     assert cell_views(cell) == (
         dataclasses.replace(m1, flip_p=0.0),

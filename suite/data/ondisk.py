@@ -38,7 +38,7 @@ _TV = (
     'on a machine with internet run python -c "import torchvision; '
     "torchvision.datasets.{}('<root>', download=True{})\" and copy <root> here"
 )
-NO_ROOT = "Set data.root in the experiment or pass --data-root."
+NO_ROOT = "Set dataset.root in the experiment or pass --data-root."
 
 
 def first_complete(
