@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from suite import runtime
-from suite.cell import CellConfig, DataConfig, MethodConfig
+from suite.cell import CellConfig, DatasetConfig, MethodConfig
 from suite.recipes import recipe
 
 
@@ -54,7 +54,7 @@ def bench_cell(
     r = recipe(method)
     return CellConfig(
         experiment="bench",
-        data=DataConfig(name="synthetic", image_size=image_size, num_workers=2),
+        dataset=DatasetConfig(name="synthetic", image_size=image_size, num_workers=2),
         backbone=backbone,
         method=MethodConfig(name=method, queue_size=4096),
         batch_size=batch_size,
@@ -96,7 +96,7 @@ def time_training_step(
         )
     optimizer = torch.optim.SGD(method.student_parameters(), lr=0.01, momentum=0.9)
     local = cell.batch_size // world
-    shape = (local, 3, cell.data.image_size, cell.data.image_size)
+    shape = (local, 3, cell.dataset.image_size, cell.dataset.image_size)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     v1 = torch.randn(shape, device=device).contiguous(memory_format=fmt)
     v2 = torch.randn(shape, device=device).contiguous(memory_format=fmt)
@@ -139,7 +139,7 @@ def time_supervised_step(
 
     torch.manual_seed(cell.seed)
     backbone, dim = build_backbone(
-        cell.backbone, image_size=cell.data.image_size, cifar_stem=cell.method.cifar_stem
+        cell.backbone, image_size=cell.dataset.image_size, cifar_stem=cell.cifar_stem
     )
     model = torch.nn.Sequential(backbone, torch.nn.Linear(dim, 1000)).to(device)
     channels_last = runtime.use_channels_last(device, cell.channels_last)
@@ -148,7 +148,7 @@ def time_supervised_step(
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     n = 2 * cell.batch_size
-    x = torch.randn(n, 3, cell.data.image_size, cell.data.image_size, device=device)
+    x = torch.randn(n, 3, cell.dataset.image_size, cell.dataset.image_size, device=device)
     x = x.contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (n,), device=device)
     autocast = runtime.autocast_context(device, cell.precision)
@@ -174,7 +174,7 @@ def time_data_path(
     from suite.train import build_cell_data
 
     if root is not None:
-        cell = replace(cell, data=replace(cell.data, root=root))
+        cell = replace(cell, dataset=replace(cell.dataset, root=root))
     data = build_cell_data(cell, device)
     it = iter(data.ssl_epoch(0))
     next(it)  # start-up (workers, first batch) is not the steady state
@@ -237,7 +237,7 @@ def run_bench(
     result: dict[str, Any] = {
         "method": cell.method.name,
         "backbone": cell.backbone,
-        "image_size": cell.data.image_size,
+        "image_size": cell.dataset.image_size,
         "batch_size": cell.batch_size,
         "student_bn": cell.student_bn,
         "teacher_bn": cell.teacher_bn,
@@ -381,8 +381,8 @@ def main(args) -> int:
     )
     cell = replace(
         cell,
-        data=replace(cell.data, name=args.dataset, root=args.data_root),
-        method=replace(cell.method, cifar_stem=args.cifar_stem),
+        dataset=replace(cell.dataset, name=args.dataset, root=args.data_root),
+        cifar_stem=args.cifar_stem,
     )
     result = run_bench(
         cell,

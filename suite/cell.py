@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,11 +34,11 @@ FLOOR_BN = ("calibrated", "init")  # random-init floor: BN statistics of the dat
 # Linear probe: on cached features of the unaugmented train split (fast), or the standard protocol
 # of the papers' ImageNet numbers, a classifier trained on augmented images (suite.eval.augmented)
 LINEAR_PROTOCOLS = ("cached", "augmented")
-NOT_HASHED = ("data.root", "data.num_workers", "log_every", "checkpoint_every")
+NOT_HASHED = ("dataset.root", "dataset.num_workers", "log_every", "checkpoint_every")
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DatasetConfig:
     """Which dataset, where, at which resolution."""
 
     name: str = "digits"
@@ -69,11 +70,10 @@ class MethodConfig:
     temperature: float = 0.2  # MoCo v2 InfoNCE temperature
     symmetric: bool = False  # MoCo v2 symmetric loss
     momentum_schedule: str | None = None  # teacher momentum: cosine / constant (None: recipe's)
-    cifar_stem: bool | None = None  # None: automatic (image_size <= 64)
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimizerConfig:
     """Optimiser and learning-rate schedule (per-iteration linear warm-up, then cosine to 0)."""
 
     name: str = "sgd"
@@ -87,26 +87,40 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """Evaluation protocol: recorded with every number it produces."""
+class KnnConfig:
+    """Weighted cosine kNN probe."""
 
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    linear_epochs: int = 100
-    linear_lr: float = 0.1
-    linear_batch_size: int = 256
-    linear_protocol: str = "cached"  # cached features, or augmented images (see LINEAR_PROTOCOLS)
-    encoder: str | None = None  # None: BYOL evaluates the student, M2T the teacher, MoCo the query
-    random_init_floor: bool = True  # also probe the untrained encoder
-    floor_bn: str = "calibrated"  # its BN statistics: calibrated on the train split, or init's
+    k: int = 200
+    temperature: float = 0.1
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """Linear probe: its schedule, and how its classifier is trained (``protocol``)."""
+
+    epochs: int = 100
+    lr: float = 0.1
+    batch_size: int = 256
+    protocol: str = "cached"  # cached features, or augmented images (see LINEAR_PROTOCOLS)
 
     def __post_init__(self) -> None:
         # cells built in code are checked too (files are checked by the schema, with the path)
-        if self.linear_protocol not in LINEAR_PROTOCOLS:
+        if self.protocol not in LINEAR_PROTOCOLS:
             raise ValueError(
-                f"eval.linear.protocol: {self.linear_protocol!r} is not a linear-probe protocol; "
+                f"eval.linear.protocol: {self.protocol!r} is not a linear-probe protocol; "
                 f"choose from {', '.join(LINEAR_PROTOCOLS)}"
             )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation protocol: recorded with every number it produces."""
+
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+    encoder: str | None = None  # None: BYOL evaluates the student, M2T the teacher, MoCo the query
+    random_init_floor: bool = True  # also probe the untrained encoder
+    floor_bn: str = "calibrated"  # its BN statistics: calibrated on the train split, or init's
 
 
 @dataclass(frozen=True)
@@ -125,15 +139,17 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class CellConfig:
-    """One trained-and-evaluated configuration: a point of the experiment matrix."""
+    """One trained-and-evaluated configuration: a point of the experiment matrix.
+
+    The field paths are the experiment file's keys and the MLflow params (``dataset.image_size``,
+    ``optimizer.lr_per_256``, ``eval.knn.k``); ``experiment`` is the file's ``name``."""
 
     experiment: str = "adhoc"
-    data: DataConfig = field(default_factory=DataConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     backbone: str = "resnet18"
+    cifar_stem: bool | None = None  # None: automatic (ResNets at image_size <= 64)
     method: MethodConfig = field(default_factory=MethodConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
     epochs: int = 1
     max_steps: int | None = None  # stop early (smoke runs); schedules still span epochs
     batch_size: int = 64  # global batch per view
@@ -145,11 +161,13 @@ class CellConfig:
     teacher_bn: str = "local"
     bn_variance: str = "official"  # MomentumBN variance convention
     bn_history: str = "per_device"  # MomentumBN: per_device (DDP, official) or shared (ablation)
-    seed: int = 0
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool | None = None  # None: on CUDA only
     log_every: int = 10
     checkpoint_every: int = 200
+    seed: int = 0
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     # -- derived -------------------------------------------------------------------------------
@@ -172,7 +190,8 @@ class CellConfig:
         return dataclasses.asdict(self)
 
     def flat(self) -> dict[str, Any]:
-        """Dotted-key view (``data.name``, ``optim.lr_per_256`` …) for MLflow params."""
+        """Dotted-key view (``dataset.name``, ``optimizer.lr_per_256`` …): the MLflow params,
+        named as the experiment file's keys."""
         out: dict[str, Any] = {}
 
         def walk(prefix: str, value: Any) -> None:
@@ -185,43 +204,74 @@ class CellConfig:
         walk("", self.to_dict())
         return out
 
+    def id_fields(self) -> dict[str, Any]:
+        """What the cell id hashes: the fields whose value differs from the field's default, as a
+        nested mapping (a sub-configuration with no such field is left out; a view that replaces
+        its ``None`` default is kept, even when every key of it is a default).
+
+        Left out as well: :data:`NOT_HASHED` (where the data lives, how many loader workers read
+        it, how often the loop logs or checkpoints) and, for a training cell, ``bench`` (its keys
+        time a bench cell and change nothing a training cell computes)."""
+        changed = _changes(self, None)
+        for dotted in NOT_HASHED:
+            *parents, key = dotted.split(".")
+            node = changed
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(key, None)
+        if not self.is_bench:
+            changed.pop("bench", None)
+        return {k: v for k, v in changed.items() if v != {}}  # emptied by NOT_HASHED
+
     @property
     def cell_id(self) -> str:
-        """12 hex digits of SHA-256 over the canonical JSON of the resolved cell.
+        """12 hex digits of SHA-256 over the canonical JSON of :meth:`id_fields`.
 
-        Fields that cannot change a result are left out (:data:`NOT_HASHED`): where the data
-        lives, how many loader workers read it, and how often the loop logs or checkpoints.
-        """
-        d = self.to_dict()
-        for dotted in NOT_HASHED:
-            parent, _, key = dotted.rpartition(".")
-            (d[parent] if parent else d).pop(key)
-        if not self.is_bench:  # training cells keep the ids they had before bench cells existed
-            d.pop("bench")
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+        Only values that differ from their defaults are hashed, so adding a field with a default
+        (the behaviour before the field existed) keeps every existing id, and a finished cell is
+        not trained again (``experiments/README.md``, "Cell id")."""
+        blob = json.dumps(self.id_fields(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CellConfig:
         """Inverse of :meth:`to_dict` (unknown keys are an error)."""
-        sub = {
-            "data": DataConfig,
-            "method": MethodConfig,
-            "optim": OptimConfig,
-            "eval": EvalConfig,
-            "bench": BenchConfig,
-        }
-        kwargs = dict(d)
-        for key, typ in sub.items():
-            if key in kwargs and isinstance(kwargs[key], dict):
-                kwargs[key] = typ(**kwargs[key])
-        if isinstance(kwargs.get("aug"), dict):
-            views = {
-                k: ViewSpec.from_dict(v) if isinstance(v, dict) else v
-                for k, v in kwargs["aug"].items()
-            }
-            kwargs["aug"] = AugConfig(**views)
-        return cls(**kwargs)
+        return _from_dict(cls, d)
 
     def replace(self, **changes: Any) -> CellConfig:
         return dataclasses.replace(self, **changes)
+
+
+_SAME: Any = object()  # _changes: "equal to the default"
+
+
+def _changes(value: Any, default: Any) -> Any:
+    """The part of ``value`` that differs from ``default``, or ``_SAME``. A dataclass is compared
+    field by field with ``default`` when it is of the same type, else with its own class's
+    defaults (``type(value)()``); a dataclass that replaces a ``None`` default is never ``_SAME``
+    (``{}`` when all its fields are defaults)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        base = default if type(default) is type(value) else type(value)()
+        out = {}
+        for f in dataclasses.fields(value):
+            sub = _changes(getattr(value, f.name), getattr(base, f.name))
+            if sub is not _SAME:
+                out[f.name] = sub
+        return out if out or default is None else _SAME
+    return _SAME if value == default else value
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """``cls(**d)`` with nested mappings built into the dataclass their field holds (also
+    ``X | None``) and lists into tuples (JSON has no tuples)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in d.items():
+        hint = hints.get(key)
+        inner = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+        if isinstance(value, dict) and dataclasses.is_dataclass(inner[0]):
+            value = _from_dict(inner[0], value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)

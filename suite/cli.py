@@ -26,7 +26,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # -- shared arguments --------------------------------------------------------------------------
 def _shard(text: str) -> Any:
-    from suite.runner.shard import parse_shard
+    from suite.runner.plan import parse_shard
 
     try:
         return parse_shard(text)
@@ -461,8 +461,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+# -- _cell (hidden) ------------------------------------------------------------------------------
+def add_cell(sub: Any) -> None:
+    """``bnsuite _cell``: the process of one cell, started by ``bnsuite run`` (not listed in the
+    help; :mod:`suite.runner.child`)."""
+    p = sub.add_parser(
+        "_cell",
+        description="Train one cell written by the runner and report on stdout "
+        "(started by `bnsuite run`; not for direct use).",
+    )
+    p.add_argument("cell", metavar="CELL.json", help="cell file written by the runner")
+    p.add_argument("--workdir", required=True, help="the cell's checkpoint folder")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--nproc", type=_positive, default=1, help="> 1: start the cell under torchrun")
+    p.set_defaults(handler=cmd_cell)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return int(text)
+
+
+def cmd_cell(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from suite.runner.child import run_cell
+
+    return run_cell(Path(args.cell), Path(args.workdir), args.device, args.nproc)
+
+
 # -- entry point ---------------------------------------------------------------------------------
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_run, add_plan, add_check, add_report, add_bench]
+#: every sub-command; ``add_cell`` declares no help text, so ``bnsuite --help`` does not list it
+SUBCOMMANDS: list[Callable[[Any], None]] = [
+    add_run,
+    add_plan,
+    add_check,
+    add_report,
+    add_bench,
+    add_cell,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

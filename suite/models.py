@@ -51,7 +51,7 @@ def build_backbone(
     elif cifar_stem:
         if not supports_cifar_stem(model):
             raise ValueError(
-                f"method.cifar_stem: True is not supported for backbone {name!r} "
+                f"cifar_stem: True is not supported for backbone {name!r} "
                 f"({type(model).__name__}); the CIFAR stem exists for timm ResNet-family models "
                 "only (resnet*, resnext*, seresnet*, wide_resnet*); use cifar_stem: null or false"
             )

@@ -71,7 +71,7 @@ def extract_splits(
     def extract(split: str, out_device) -> Pair:
         return extract_features(
             encoder,
-            data.eval_batches(split, max(cell.eval.linear_batch_size, EXTRACT_BATCH)),
+            data.eval_batches(split, max(cell.eval.linear.batch_size, EXTRACT_BATCH)),
             device=device,
             channels_last=channels_last,
             autocast_dtype=dtype,
@@ -109,8 +109,8 @@ def probe_knn(cell: CellConfig, train: Pair, test: Pair, num_classes: int, suffi
         train_y,
         test_x,
         test_y,
-        k=cell.eval.knn_k,
-        temperature=cell.eval.knn_temperature,
+        k=cell.eval.knn.k,
+        temperature=cell.eval.knn.temperature,
         num_classes=num_classes,
         cpu_threads=eval_cpu_threads(train_x.device),
     )
@@ -136,28 +136,28 @@ def probe_linear(
     both scored on the cached ``test`` features."""
     from suite.eval import linear_probe, linear_probe_augmented
 
-    ev = cell.eval
-    if ev.linear_protocol == "cached":
+    lin_cfg = cell.eval.linear
+    if lin_cfg.protocol == "cached":
         assert train is not None
         lin = linear_probe(
             *train,
             *test,
             num_classes=data.num_classes,
-            epochs=ev.linear_epochs,
-            lr=ev.linear_lr,
-            batch_size=ev.linear_batch_size,
+            epochs=lin_cfg.epochs,
+            lr=lin_cfg.lr,
+            batch_size=lin_cfg.batch_size,
             seed=cell.seed,
             cpu_threads=eval_cpu_threads(train[0].device),
         )
     else:
         lin = linear_probe_augmented(
             encoder,
-            lambda epoch: data.linear_epoch(epoch, ev.linear_batch_size),
+            lambda epoch: data.linear_epoch(epoch, lin_cfg.batch_size),
             *test,
             num_classes=data.num_classes,
-            steps_per_epoch=data.linear_steps(ev.linear_batch_size),
-            epochs=ev.linear_epochs,
-            lr=ev.linear_lr,
+            steps_per_epoch=data.linear_steps(lin_cfg.batch_size),
+            epochs=lin_cfg.epochs,
+            lr=lin_cfg.lr,
             seed=cell.seed,
             device=device,
             channels_last=channels_last,
@@ -189,7 +189,7 @@ def probe_encoder(
     t1 = time.perf_counter()
     metrics = probe_knn(cell, train, test, data.num_classes, suffix)
     t2 = time.perf_counter()
-    if cell.eval.linear_protocol != "cached":
+    if cell.eval.linear.protocol != "cached":
         train = None  # the augmented probe needs only the test features: free the train ones
     metrics.update(
         probe_linear(cell, encoder, data, train, test, device, channels_last, dtype, suffix)
@@ -262,13 +262,13 @@ def evaluate_cell(
     if cell.eval.random_init_floor:
         torch.manual_seed(cell.seed)
         fresh, _ = build_backbone(
-            cell.backbone, image_size=cell.data.image_size, cifar_stem=cell.method.cifar_stem
+            cell.backbone, image_size=cell.dataset.image_size, cifar_stem=cell.cifar_stem
         )
         fresh.to(device)
         if channels_last:
             fresh.to(memory_format=torch.channels_last)
         if cell.eval.floor_bn == "calibrated":
-            bs = max(cell.eval.linear_batch_size, EXTRACT_BATCH)
+            bs = max(cell.eval.linear.batch_size, EXTRACT_BATCH)
             with cpu_threads(eval_cpu_threads(device), device):
                 calibrate_bn(fresh, data.eval_batches("train", bs), device, channels_last, dtype)
         metrics.update(

@@ -1,7 +1,7 @@
 """Bench cells: the points of the throughput study, run and recorded by the runner like any cell.
 
 A cell with ``bench.steps >= 1`` (:class:`suite.cell.BenchConfig`) is not trained and evaluated:
-its process (``python -m suite.runner.child``, under ``torchrun`` when ``nproc > 1``) times the
+its process (``bnsuite _cell``, under ``torchrun`` when ``nproc > 1``) times the
 cell's training step on random views already on the device, and the runner records the figures
 in MLflow as it records every cell's metrics — so ``bnsuite check`` gates them with baselines and
 ``bnsuite report`` draws them.
@@ -244,7 +244,7 @@ def supervised_contender(
 
     torch.manual_seed(cell.seed)
     backbone, dim = build_backbone(
-        cell.backbone, image_size=cell.data.image_size, cifar_stem=cell.method.cifar_stem
+        cell.backbone, image_size=cell.dataset.image_size, cifar_stem=cell.cifar_stem
     )
     model: nn.Module = nn.Sequential(backbone, nn.Linear(dim, 1000)).to(device)
     if runtime.use_channels_last(device, cell.channels_last):
@@ -308,7 +308,7 @@ def run_bench_cell(
     channels_last = runtime.use_channels_last(dev, cell.channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(cell.seed + dinfo.rank)
-    shape = (local, 3, cell.data.image_size, cell.data.image_size)
+    shape = (local, 3, cell.dataset.image_size, cell.dataset.image_size)
     views = (
         torch.randn(shape, device=dev).contiguous(memory_format=fmt),
         torch.randn(shape, device=dev).contiguous(memory_format=fmt),
@@ -413,7 +413,7 @@ def table_rows(plans: Sequence[Any]) -> list[list[str]]:
                 [
                     c.method.name,
                     c.backbone,
-                    str(c.data.image_size),
+                    str(c.dataset.image_size),
                     str(c.batch_size),
                     str(c.nproc),
                     str(c.devices),

@@ -220,8 +220,8 @@ def parameter_groups(cell: CellConfig, module: nn.Module) -> list[dict[str, Any]
     Off: one group, every parameter decayed (and adapted).
     """
     params = [p for p in module.parameters() if p.requires_grad]
-    decay = cell.optim.weight_decay
-    if not cell.optim.exclude_bn_and_bias:
+    decay = cell.optimizer.weight_decay
+    if not cell.optimizer.exclude_bn_and_bias:
         return [{"params": params, "weight_decay": decay}]
     return [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": decay},
@@ -232,31 +232,39 @@ def parameter_groups(cell: CellConfig, module: nn.Module) -> list[dict[str, Any]
 def build_optimizer(cell: CellConfig, params: list[nn.Parameter] | list[dict], world_batch: int):
     """SGD (momentum) or LARS (timm) with lr = lr_per_256 · B / 256; ``params`` a list of
     parameters (all decayed) or :func:`parameter_groups` (each group's own weight decay)."""
-    lr = cell.optim.lr_per_256 * world_batch / 256
-    if cell.optim.name == "sgd":
+    lr = cell.optimizer.lr_per_256 * world_batch / 256
+    if cell.optimizer.name == "sgd":
         return torch.optim.SGD(
-            params, lr=lr, momentum=cell.optim.momentum, weight_decay=cell.optim.weight_decay
+            params,
+            lr=lr,
+            momentum=cell.optimizer.momentum,
+            weight_decay=cell.optimizer.weight_decay,
         )
-    if cell.optim.name == "lars":
+    if cell.optimizer.name == "lars":
         from timm.optim import Lars
 
         return Lars(
-            params, lr=lr, momentum=cell.optim.momentum, weight_decay=cell.optim.weight_decay
+            params,
+            lr=lr,
+            momentum=cell.optimizer.momentum,
+            weight_decay=cell.optimizer.weight_decay,
         )
-    raise ValueError(f"optimizer.name: {cell.optim.name!r}; choose from sgd, lars")
+    raise ValueError(f"optimizer.name: {cell.optimizer.name!r}; choose from sgd, lars")
 
 
 def build_scheduler(cell: CellConfig, optimizer, total_steps: int, steps_per_epoch: int):
     """Per-iteration linear warm-up from ``warmup_lr`` then cosine to 0 (timm)."""
     from timm.scheduler import CosineLRScheduler
 
-    warmup = min(int(round(cell.optim.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
+    warmup = min(
+        int(round(cell.optimizer.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0)
+    )
     return CosineLRScheduler(
         optimizer,
         t_initial=max(total_steps - warmup, 1),
         lr_min=0.0,
         warmup_t=warmup,
-        warmup_lr_init=cell.optim.warmup_lr,
+        warmup_lr_init=cell.optimizer.warmup_lr,
         warmup_prefix=True,
         t_in_epochs=False,
     )
@@ -271,13 +279,13 @@ def build_cell_data(cell: CellConfig, device: torch.device, dinfo: runtime.Dist 
     from suite.views import aug_kind, cell_views
 
     return build_data(
-        cell.data.name,
-        root=cell.data.root,
-        image_size=cell.data.image_size,
+        cell.dataset.name,
+        root=cell.dataset.root,
+        image_size=cell.dataset.image_size,
         aug=aug_kind(cell.method.name),
         batch_size=cell.batch_size,
         device=device,
-        num_workers=cell.data.num_workers,
+        num_workers=cell.dataset.num_workers,
         seed=cell.seed,
         specs=cell_views(cell),
         rank=dinfo.rank,

@@ -136,6 +136,8 @@ def cell_views(cell: CellConfig) -> tuple[ViewSpec, ViewSpec]:
     if cell.aug.view1 is not None and cell.aug.view2 is not None:
         return cell.aug.view1, cell.aug.view2
     v1, v2 = resolve_views(
-        aug_kind(cell.method.name), cell.data.image_size, dataset_view_defaults(cell.data.name)
+        aug_kind(cell.method.name),
+        cell.dataset.image_size,
+        dataset_view_defaults(cell.dataset.name),
     )
     return cell.aug.view1 or v1, cell.aug.view2 or v2

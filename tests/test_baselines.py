@@ -54,4 +54,4 @@ def test_experiments_judged_on_paper_linear_numbers_use_the_standard_augmented_p
     assert judged
     for name in judged:
         cells = load_experiment(files[name], env={"DATA": "/data"}).cells()
-        assert {c.eval.linear_protocol for c in cells} == {"augmented"}, name
+        assert {c.eval.linear.protocol for c in cells} == {"augmented"}, name

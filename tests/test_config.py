@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import textwrap
 from pathlib import Path
@@ -18,8 +19,10 @@ from suite.cell import (
     STRATEGIES,
     VARIANCES,
     CellConfig,
+    EvalConfig,
 )
-from suite.config import ConfigError, Experiment, load_experiment
+from suite.config import ConfigError, Experiment, load_experiment, schema
+from suite.config.schema import CELL, CHECKS, Fan, Leaf, Pair, Section, unchecked_fields
 from suite.data import DATASETS
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -132,7 +135,7 @@ def test_missing_or_empty_name_is_an_error(tmp_path):
 def test_numbers_written_as_strings_are_read_as_numbers(tmp_path):
     """YAML 1.1 reads ``1e-4`` as a string; it is accepted as the float 0.0001."""
     (cell,) = load(tmp_path, HEAD + "optimizer: {weight_decay: 1e-4}\nepochs: '3'\n").cells()
-    assert cell.optim.weight_decay == 1e-4 and cell.epochs == 3
+    assert cell.optimizer.weight_decay == 1e-4 and cell.epochs == 3
 
 
 # -- registry names --------------------------------------------------------------------------------
@@ -176,7 +179,7 @@ def test_matrix_strategy_typo_message_is_exact(tmp_path):
 def test_every_dataset_in_the_registry_validates(tmp_path):
     for name in DATASETS:
         (cell,) = load(tmp_path, f"name: t\ndataset: {{name: {name}}}\n").cells()
-        assert cell.data.name == name
+        assert cell.dataset.name == name
 
 
 def test_unknown_backbone_is_checked_with_timm_and_suggests(tmp_path):
@@ -416,10 +419,12 @@ def test_top_level_values_are_defaults_and_axis_mappings_override_only_their_key
         ("byol", 512, 128),
         ("mocov2", 512, 64),
     ]
-    assert [c.data.image_size for c in cells] == [16, 24, 16, 24]
-    assert all(c.optim.lr_per_256 == 0.3 and c.epochs == 5 and c.experiment == "t" for c in cells)
+    assert [c.dataset.image_size for c in cells] == [16, 24, 16, 24]
+    assert all(
+        c.optimizer.lr_per_256 == 0.3 and c.epochs == 5 and c.experiment == "t" for c in cells
+    )
     default = CellConfig()
-    assert cells[0].optim.weight_decay == default.optim.weight_decay
+    assert cells[0].optimizer.weight_decay == default.optimizer.weight_decay
     assert cells[0].eval == default.eval and cells[0].log_every == default.log_every
 
 
@@ -444,19 +449,19 @@ def test_cifar_stem_and_eval_sections_land_in_the_cell(tmp_path):
         + "eval: {knn: {k: 20, temperature: 0.07}, linear: {epochs: 5}, encoder: teacher}\n"
     )
     (cell,) = load(tmp_path, text).cells()
-    assert cell.method.cifar_stem is False
-    assert (cell.eval.knn_k, cell.eval.knn_temperature, cell.eval.linear_epochs) == (20, 0.07, 5)
+    assert cell.cifar_stem is False
+    assert (cell.eval.knn.k, cell.eval.knn.temperature, cell.eval.linear.epochs) == (20, 0.07, 5)
     assert cell.eval_encoder == "teacher"
 
 
 def test_linear_protocol_defaults_to_cached_and_lands_in_the_cell_and_its_params(tmp_path):
-    """eval.linear.protocol: absent → cached; given → the cell's eval.linear_protocol, its
+    """eval.linear.protocol: absent → cached; given → the cell's eval.linear.protocol, its
     param, and a cell id of its own."""
     (default,) = load(tmp_path, HEAD + NO_WARMUP).cells()
     text = HEAD + NO_WARMUP + "eval: {linear: {protocol: augmented}}\n"
     (augmented,) = load(tmp_path, text).cells()
-    assert default.eval.linear_protocol == "cached"
-    assert augmented.flat()["eval.linear_protocol"] == "augmented"
+    assert default.eval.linear.protocol == "cached"
+    assert augmented.flat()["eval.linear.protocol"] == "augmented"
     assert augmented.cell_id != default.cell_id
 
 
@@ -470,7 +475,7 @@ def test_env_substitution_with_defaults_and_escape(tmp_path):
     """
     (cell,) = (exp := load(tmp_path, text, env={"NAME": "n", "EMPTY": ""})).cells()
     assert exp.name == "n" and exp.description == "${NOT_A_VAR} fallback"
-    assert cell.data.root == "/data/stl10" and cell.epochs == 2
+    assert cell.dataset.root == "/data/stl10" and cell.epochs == 2
 
 
 def test_missing_variable_without_default_names_the_field(tmp_path):
@@ -488,20 +493,20 @@ def test_missing_variable_without_default_names_the_field(tmp_path):
 def test_data_root_is_exported_as_DATA_only_when_the_environment_lacks_it(tmp_path):
     text = "name: t\ndataset: {name: stl10, root: '${DATA}/stl10'}\n"
     (cell,) = load(tmp_path, text, data_root="/cli").cells()
-    assert cell.data.root == "/cli/stl10"
+    assert cell.dataset.root == "/cli/stl10"
     (cell,) = load(tmp_path, text, data_root="/cli", env={"DATA": "/env"}).cells()
-    assert cell.data.root == "/env/stl10"
+    assert cell.dataset.root == "/env/stl10"
 
 
 def test_data_root_is_the_root_when_the_file_gives_none(tmp_path):
     (cell,) = load(tmp_path, "name: t\ndataset: {name: cifar10}\n", data_root="/cli").cells()
-    assert cell.data.root == "/cli"
+    assert cell.dataset.root == "/cli"
     (cell,) = load(
         tmp_path, "name: t\ndataset: {name: cifar10, root: /file}\n", data_root="/cli"
     ).cells()
-    assert cell.data.root == "/file"
+    assert cell.dataset.root == "/file"
     (cell,) = load(tmp_path, "name: t\ndataset: {name: digits}\n").cells()
-    assert cell.data.root is None
+    assert cell.dataset.root is None
 
 
 # -- cell ids --------------------------------------------------------------------------------------
@@ -563,10 +568,108 @@ def test_any_change_of_a_resolved_value_changes_the_cell_id(tmp_path, old, new):
     assert [a.cell_id != b.cell_id for a, b in zip(after, before, strict=True)] == changed
 
 
+def _with_added_fields(cell: CellConfig, **new: object) -> CellConfig:
+    """``cell`` under a schema that has two more fields with defaults: ``added`` at the top level
+    and ``eval.added`` (what a release that adds keys does); ``new`` sets their values."""
+    extra_eval = dataclasses.make_dataclass(
+        "EvalPlus", [("added", int, dataclasses.field(default=7))], bases=(EvalConfig,), frozen=True
+    )
+    extra_cell = dataclasses.make_dataclass(
+        "CellPlus",
+        [
+            ("added", str, dataclasses.field(default="off")),
+            ("eval", extra_eval, dataclasses.field(default_factory=extra_eval)),
+        ],
+        bases=(CellConfig,),
+        frozen=True,
+    )
+    values = {f.name: getattr(cell, f.name) for f in dataclasses.fields(cell)}
+    evals = {f.name: getattr(cell.eval, f.name) for f in dataclasses.fields(cell.eval)}
+    values["eval"] = extra_eval(**evals, added=new.pop("eval_added", 7))
+    return extra_cell(**values, **new)
+
+
+def test_adding_a_field_with_a_default_keeps_every_cell_id(tmp_path):
+    """Ids hash only non-default values: the cells of a file keep their ids under a schema with
+    new defaulted fields (so finished cells are not run again), and setting a new field to
+    another value gives a new id."""
+    cells = load(tmp_path, TABLE).cells()
+    extended = [_with_added_fields(c) for c in cells]
+    assert [e.cell_id for e in extended] == [c.cell_id for c in cells]
+    assert all(_with_added_fields(c, added="on").cell_id != c.cell_id for c in cells)
+    assert _with_added_fields(cells[0], eval_added=8).cell_id != cells[0].cell_id
+
+
+def test_writing_a_default_value_keeps_the_cell_id(tmp_path):
+    """A value equal to the field's default is the same cell as leaving the key out."""
+    explicit = TABLE.replace("batch_size: 256", "batch_size: 256\n    epochs: 1\n    nproc: 1")
+    assert ids(tmp_path, explicit) == ids(tmp_path, TABLE)
+    assert CellConfig(batch_size=64).cell_id == CellConfig().cell_id
+
+
 def test_moving_the_data_does_not_change_the_cell_id(tmp_path):
-    """The same data at another path is the same cell (data.root is not hashed)."""
+    """The same data at another path is the same cell (dataset.root is not hashed)."""
     text = TABLE.replace("root: /d/stl10, ", "")
     assert ids(tmp_path, text, data_root="/a") == ids(tmp_path, text, data_root="/b")
+
+
+# -- one name per concept: keys, fields, params ---------------------------------------------------
+def schema_keys(spec: Section, prefix: str = "") -> dict[str, object]:
+    """Every key path of ``spec`` (a section with a shorthand is a key itself: ``method``)."""
+    out: dict[str, object] = {}
+    for key, sub in spec.keys.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(sub, Section):
+            if sub.shorthand is not None:
+                out[path] = sub
+            out.update(schema_keys(sub, path))
+        else:
+            out[path] = sub
+    return out
+
+
+def test_every_key_is_a_field_path_and_an_mlflow_param(tmp_path):
+    """Apart from the documented shorthands, a key sets the field of its own path, and the MLflow
+    params (``cell.flat()``) of a loaded cell are exactly those keys."""
+    keys = schema_keys(CELL)
+    shorthands = {"image_size", "bn", "method"} | {k for k, v in keys.items() if isinstance(v, Fan)}
+    leaves = {k: v for k, v in keys.items() if k not in shorthands}
+    assert all(isinstance(v, Leaf) and ".".join(v.target) == k for k, v in leaves.items())
+    (cell,) = load(tmp_path, "name: t\n").cells()
+    assert set(cell.flat()) - {"experiment"} == set(leaves)
+    assert keys["image_size"] is keys["dataset.image_size"]
+    assert keys["bn"] == Pair(keys["student_bn"], keys["teacher_bn"])
+    assert keys["aug.flip_p"] == Fan((keys["aug.view1.flip_p"], keys["aug.view2.flip_p"]))
+
+
+def test_a_field_without_a_check_stops_the_schema(monkeypatch):
+    """The schema is derived from the cell: a field added without a check in CHECKS is named (and
+    the module refuses to build the schema), as is a check for a field that does not exist."""
+    assert unchecked_fields() == ([], [])
+    extended = _with_added_fields(CellConfig())
+    unchecked, stray = unchecked_fields(type(extended))
+    assert sorted(unchecked) == ["added", "eval.added"] and stray == []
+    monkeypatch.setitem(CHECKS, "eval.knn.nothing", CHECKS["eval.knn.k"])
+    assert unchecked_fields() == ([], ["eval.knn.nothing"])
+    with pytest.raises(RuntimeError, match=r"checks for no cell field: \['eval.knn.nothing'\]"):
+        schema._cell_schema()
+
+
+def test_docs_cell_key_table_is_the_schema():
+    """experiments/README.md's "Cell keys" table has one row per key (views as ``aug.<key>``,
+    ``aug.view1.<key>``, ``aug.view2.<key>``)."""
+    text = (EXPERIMENTS / "README.md").read_text()
+    section = text.split("\n## Cell keys\n", 1)[1].split("\n### ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    documented = {k.strip(" `") for row in rows for k in row.split(",")}
+    written = set()
+    for key in schema_keys(CELL):
+        if key.startswith(("aug.view1.", "aug.view2.")):
+            key = key.rsplit(".", 1)[0] + ".<key>"
+        elif key.startswith("aug."):
+            key = "aug.<key>"
+        written.add(key)
+    assert documented == written
 
 
 # -- the shipped experiment files ------------------------------------------------------------------
@@ -578,7 +681,7 @@ def test_every_experiment_file_loads_and_expands(path):
     assert all(c.experiment == exp.name for c in cells) and not exp.warnings
     for cell in cells:
         assert CellConfig.from_dict(cell.to_dict()) == cell
-        assert cell.data.name in DATASETS
+        assert cell.dataset.name in DATASETS
 
 
 def test_cpu_experiments_use_offline_data_and_have_the_requested_shape():
@@ -587,7 +690,7 @@ def test_cpu_experiments_use_offline_data_and_have_the_requested_shape():
     quick = load_experiment(EXPERIMENTS / "quickstart.yaml", env={})
     ci = load_experiment(EXPERIMENTS / "ci.yaml", env={})
     for exp in (quick, ci):
-        names = {c.data.name for c in exp.cells()}
+        names = {c.dataset.name for c in exp.cells()}
         assert names == {"mnist5k"} and not DATASETS["mnist5k"].needs_root  # offline, no root
         assert {c.method.name for c in exp.cells()} >= {"byol", "m2t"}
     assert {c.teacher_bn for c in quick.cells()} == {"local", "sync", "momentum"}
@@ -606,7 +709,7 @@ def test_table1_has_the_papers_five_pairs_at_batch_2048_on_64_devices():
         ("local", "sync"),
         ("local", "momentum"),
     }
-    assert {(c.batch_size, c.devices, c.backbone, c.data.root) for c in exp.cells()} == {
+    assert {(c.batch_size, c.devices, c.backbone, c.dataset.root) for c in exp.cells()} == {
         (2048, 64, "resnet18", "/d/stl10")
     }
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from suite.data import DATASETS, DataError, build_data, channel_stats, get_dataset, locate
-from suite.data.datasets import LoadOptions
+from suite.data import DATASETS, DataError, build_data, channel_stats, get_dataset, ondisk
+from suite.data.builtin import synthetic_splits
+from suite.data.datasets import LoadOptions, register_dataset
 from suite.data.formats import write_idx
 
 CPU = torch.device("cpu")
@@ -132,9 +133,61 @@ def test_registry_holds_the_yaml_names_with_complete_entries():
 
 
 def test_unknown_dataset_is_a_data_error_listing_valid_names():
-    with pytest.raises(DataError, match=r"'svhn'.*digits, mnist, mnist5k, cifar10"):
+    with pytest.raises(DataError, match=r"'svhn'; valid: ") as err:
         get_dataset("svhn")
+    assert str(err.value).endswith(", ".join(DATASETS))
     assert issubclass(DataError, ValueError)
+
+
+def docs_datasets() -> dict[str, list[str]]:
+    """experiments/README.md's "Datasets" table: name -> the other columns' text."""
+    text = (Path(__file__).resolve().parents[1] / "experiments" / "README.md").read_text()
+    section = text.split("\n## Datasets\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {r.split("|")[1].strip(" `"): [c.strip() for c in r.split("|")[2:-1]] for r in rows}
+
+
+def test_docs_dataset_table_is_the_registry():
+    """One row per registered dataset, in registry order, with its storage, class count, native
+    size, whether it needs a root and its view defaults."""
+    table = docs_datasets()
+    assert list(table) == list(DATASETS)
+    for name, (storage, classes, size, root, views) in table.items():
+        info = DATASETS[name]
+        assert storage == info.storage
+        assert classes == (str(info.num_classes) if info.num_classes else "found on disk")
+        assert size == (str(info.image_size) if info.image_size else "any")
+        assert root.startswith("yes" if info.needs_root else "no")
+        shown = ", ".join(f"`{k}: {v:g}`" for k, v in info.view_defaults.items())
+        assert views == (shown or "—")
+
+
+def test_a_dataset_registered_beside_its_loader_is_usable_everywhere(tmp_path):
+    """Adding a dataset is one decorated loader: the experiment file accepts its name, the runner's
+    check passes and ``build_data`` loads it with its view defaults; a second entry of one name
+    is refused."""
+    from suite.config import load_experiment
+    from suite.data import check_dataset
+
+    entry = {"storage": "memory", "num_classes": 3, "image_size": None}
+    entry |= {"mean": (0.5,) * 3, "std": (0.25,) * 3}
+    try:
+
+        @register_dataset("stripes", **entry, view_defaults={"gray_p": 0.0})
+        def load_stripes(location, options):
+            return synthetic_splits(24, 3, options.image_size)
+
+        path = tmp_path / "x.yaml"
+        path.write_text("name: t\ndataset: {name: stripes, image_size: 8}\n")
+        (cell,) = load_experiment(path, env={}).cells()
+        assert cell.dataset.name == "stripes" and cell.aug.view1.gray_p == 0.0
+        assert check_dataset("stripes", None) is None
+        bundle = build("stripes", None, image_size=8)
+        assert bundle.num_classes == 3 and bundle.num_ssl_samples == 24
+        with pytest.raises(ValueError, match="'stripes' is registered twice"):
+            register_dataset("stripes", **entry)(load_stripes)
+    finally:
+        DATASETS.pop("stripes", None)
 
 
 @pytest.mark.parametrize("name", ROOTED)
@@ -156,7 +209,7 @@ def test_check_without_root_asks_for_one(name):
 def test_mnist_without_root_searches_the_default_places(tmp_path, monkeypatch):
     """root=None: the cache places are searched (a Keras mnist.npz is found), else DataError."""
     npz = tmp_path / "keras" / "mnist.npz"
-    monkeypatch.setattr(locate, "mnist_default_roots", lambda: [npz, tmp_path / "data"])
+    monkeypatch.setattr(ondisk, "mnist_default_roots", lambda: [npz, tmp_path / "data"])
     with pytest.raises(DataError, match="Searched:.*mnist.npz"):
         get_dataset("mnist").check(None)
     npz.parent.mkdir()

@@ -15,7 +15,7 @@ import pytest
 import torch
 from distributed import run_gloo
 
-from suite.cell import CellConfig, DataConfig, MethodConfig
+from suite.cell import CellConfig, DatasetConfig, MethodConfig
 from suite.methods import build_method
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -46,7 +46,7 @@ def make_cell(name: str, symmetric: bool, student_bn: str, teacher_bn: str, **kw
         heads = {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16}
     return CellConfig(
         backbone="test_resnet",
-        data=DataConfig(image_size=SIZE),
+        dataset=DatasetConfig(image_size=SIZE),
         method=MethodConfig(name=name, base_momentum=0.9, **heads),
         batch_size=BATCH,
         devices=DEVICES,

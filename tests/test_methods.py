@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from suite.cell import CellConfig, DataConfig, MethodConfig
+from suite.cell import CellConfig, DatasetConfig, MethodConfig
 from suite.methods import METHODS, MoCoV2, build_method
 from suite.methods.base import cosine_momentum
 from suite.methods.mocov2 import info_nce, queue_length
@@ -30,7 +30,7 @@ def make_cell(method="byol", student_bn="local", teacher_bn="local", devices=1, 
     method_cfg = MethodConfig(name=method, **{**heads, **overrides})
     return CellConfig(
         backbone="test_resnet",
-        data=DataConfig(image_size=SIZE),
+        dataset=DatasetConfig(image_size=SIZE),
         method=method_cfg,
         batch_size=BATCH,
         devices=devices,

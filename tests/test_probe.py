@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 import suite.eval as ev
-from suite.cell import LINEAR_PROTOCOLS, CellConfig, DataConfig, EvalConfig
+from suite.cell import (
+    LINEAR_PROTOCOLS,
+    CellConfig,
+    DatasetConfig,
+    EvalConfig,
+    KnnConfig,
+    LinearConfig,
+)
 from suite.eval import FeaturePlan
 from suite.probe import evaluate_cell
 from suite.train import build_cell_data
@@ -23,14 +30,11 @@ STEPS = {
 def cell(protocol: str = "cached") -> CellConfig:
     return CellConfig(
         experiment="test",
-        data=DataConfig(name="digits", image_size=16, num_workers=0),
+        dataset=DatasetConfig(name="digits", image_size=16, num_workers=0),
         backbone="test_resnet",
         eval=EvalConfig(
-            knn_k=5,
-            linear_epochs=4,
-            linear_lr=0.5,
-            linear_batch_size=128,
-            linear_protocol=protocol,
+            knn=KnnConfig(k=5),
+            linear=LinearConfig(epochs=4, lr=0.5, batch_size=128, protocol=protocol),
             random_init_floor=False,
         ),
         batch_size=64,
@@ -198,14 +202,14 @@ def test_features_that_do_not_fit_the_device_are_probed_on_the_cpu_with_the_reas
 
 
 def test_the_protocols_are_recorded_apart_and_the_augmented_one_learns_above_chance(digits):
-    """cached and augmented cells differ in the param eval.linear_protocol and in their ids; on
+    """cached and augmented cells differ in the param eval.linear.protocol and in their ids; on
     the same encoder their kNN (same cached features) is identical, and the augmented probe, fed
     RandomResizedCrop views, scores well above chance (0.1) on digits."""
     from suite.runner.execute import summary
 
     cached, augmented = cell("cached"), cell("augmented")
-    assert cached.flat()["eval.linear_protocol"] == "cached"
-    assert augmented.flat()["eval.linear_protocol"] == "augmented"
+    assert cached.flat()["eval.linear.protocol"] == "cached"
+    assert augmented.flat()["eval.linear.protocol"] == "augmented"
     assert cached.cell_id != augmented.cell_id
     assert summary(augmented, "r", {}, None)["protocol"]["linear"]["protocol"] == "augmented"
     by_cached = evaluate_cell(cached, Method(), digits, CPU, False)
@@ -216,7 +220,7 @@ def test_the_protocols_are_recorded_apart_and_the_augmented_one_learns_above_cha
 
 def test_a_bad_protocol_in_code_is_refused_naming_the_field_and_the_choices():
     with pytest.raises(ValueError) as err:
-        EvalConfig(linear_protocol="augmentd")
+        LinearConfig(protocol="augmentd")
     assert str(err.value) == (
         "eval.linear.protocol: 'augmentd' is not a linear-probe protocol; "
         "choose from cached, augmented"

@@ -42,11 +42,20 @@ from suite.runner import (
     run_plan,
 )
 from suite.runner import execute as execute_module
-from suite.runner.child import Throughput, read_cell, write_cell
+from suite.runner.child import (
+    MARKER,
+    Throughput,
+    child_command,
+    child_env,
+    encode,
+    parse,
+    read_cell,
+    torchrun_command,
+    write_cell,
+)
 from suite.runner.lock import CellLock, is_locked
 from suite.runner.plan import varying_fields
-from suite.runner.progress import ProgressView, bar, format_table
-from suite.runner.protocol import MARKER, encode, parse
+from suite.runner.progress import ProgressView, format_table
 from suite.tracking import CELL_TAG, FAILURE_TAG, read_runs
 
 TINY = {
@@ -169,37 +178,52 @@ def test_protocol_round_trip_and_plain_lines():
 
 
 def test_progress_view_plain_lines_are_periodic_and_final():
-    """Without a TTY: a line for the first update, none within every_s, always the last step."""
+    """Without a TTY: a short line for the first update, none within every_s, always the last
+    step; no control codes (no carriage return, no escape sequence)."""
     stream = io.StringIO()
     view = ProgressView(stream, tty=False, every_s=3600)
     view.start("[1/1] abc")
     for step in range(1, 6):
         view.update(step, 5, loss=1.0 / step, img_s=100.0)
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith("[1/1] abc [") and " 1/5 loss 1.0000 img/s 100" in lines[0]
-    assert " 5/5 loss 0.2000 " in lines[1]
+    view.message("[1/1] cell abc: FINISHED")
+    view.clear()
+    text = stream.getvalue()
+    assert text.splitlines() == [
+        "[1/1] abc 1/5 loss 1.0000 img/s 100",
+        "[1/1] abc 5/5 loss 0.2000 img/s 100",
+        "[1/1] cell abc: FINISHED",
+    ]
+    assert "\r" not in text and "\x1b" not in text
 
 
-def test_progress_view_tty_redraws_in_place():
-    """On a TTY the bar is rewritten after '\\r' with no newline until a message ends it."""
+def test_progress_view_tty_draws_a_live_bar_and_removes_it():
+    """On a TTY the bar (label, steps, loss, img/s) is redrawn in place with control codes, a
+    message is a line of its own, and the bar is erased when the cell ends."""
     stream = io.StringIO()
     view = ProgressView(stream, tty=True)
-    view.start("c")
-    view.update(5, 5, loss=0.5, img_s=None)
-    assert stream.getvalue().startswith("\r") and "\n" not in stream.getvalue()
-    view.message("done")
-    assert stream.getvalue().endswith("\rdone\n")
+    view.start("[1/1] cell-x")
+    view.update(3, 5, loss=0.5, img_s=120.0)
+    view.message("note")
+    view.update(5, 5, loss=0.25, img_s=None)
+    view.clear()
+    text = stream.getvalue()
+    assert "[1/1] cell-x" in text and "3/5" in text and "5/5" in text
+    assert "loss 0.5000  img/s 120" in text and "loss 0.2500  img/s -" in text
+    assert "\rnote\n" in text.replace("\x1b[2K", "")
+    assert text.count("\r\x1b[2K[1/1] cell-x") >= 2  # redrawn in place
+    assert text.endswith("\x1b[1A\x1b[2K")  # and erased when the cell ends
 
 
-def test_bar_and_table_shapes():
-    """bar fills round(24·k/n) cells; table columns line up under the header."""
-    assert bar(0, 8) == "[" + "." * 24 + "]"
-    assert bar(4, 8) == "[" + "#" * 12 + "." * 12 + "]"
-    assert bar(9, 8) == "[" + "#" * 24 + "]"
-    table = format_table(["a", "long header"], [[1, None], ["xyz", 2.5]]).splitlines()
-    assert table[0] == "a    long header"
-    assert table[2] == "1    -" and table[3] == "xyz  2.5"
+def test_table_columns_line_up_under_the_header():
+    """Left-aligned columns, a rule under the header, '-' for None, markup-like text kept as is,
+    a wide row never wrapped."""
+    rows = [[1, None], ["[xyz]", 2.5], ["w", "x" * 300]]
+    table = format_table(["a", "long header"], rows).splitlines()
+    assert len(table) == 5
+    at = table[0].index("long header")
+    assert table[0].startswith("a ") and set(table[1]) <= {"─", " "}
+    assert [r[:at].rstrip() for r in table[2:]] == ["1", "[xyz]", "w"]
+    assert [r[at:] for r in table[2:]] == ["-", "2.5", "x" * 300]
 
 
 def test_throughput_is_images_over_time_in_window():
@@ -221,6 +245,28 @@ def test_cell_file_round_trip(tmp_path):
     path.write_text(json.dumps(blob))
     with pytest.raises(ValueError, match="cell id"):
         read_cell(path)
+
+
+def test_the_cell_process_starts_through_the_hidden_cli_command(tmp_path):
+    """The runner starts a cell as ``python -m suite _cell`` (``--nproc N`` makes it torchrun's
+    trampoline); ``bnsuite --help`` does not list ``_cell``; a real ``_cell`` process given a
+    tampered cell file reports an error event and exits 1."""
+    path = write_cell(CellConfig(experiment="x", max_steps=1), tmp_path / "cell.json")
+    one = child_command(1, path, tmp_path, "cpu")
+    args = [str(path), "--workdir", str(tmp_path), "--device", "cpu"]
+    assert one[1:] == ["-m", "suite", "_cell", *args]
+    assert child_command(2, path, tmp_path, "cpu")[-2:] == ["--nproc", "2"]
+    assert torchrun_command(2, args)[-8:] == ["-m", "suite", "_cell", *args]
+    code, out, _ = cli("--help")
+    assert code == 0 and "  run " in out and "_cell" not in out
+    blob = json.loads(path.read_text())
+    blob["cell"]["seed"] = 4
+    path.write_text(json.dumps(blob))
+    result = subprocess.run(one, capture_output=True, text=True, env=child_env("sqlite:///unused"))
+    assert result.returncode == 1
+    events = [parse(line) for line in result.stdout.splitlines()]
+    assert [e["event"] for e in events if e] == ["error"]
+    assert "cell id" in next(e for e in events if e)["reason"]
 
 
 # -- locks ---------------------------------------------------------------------------------------
@@ -257,7 +303,7 @@ def test_die_with_parent_ends_a_silent_child_when_its_parent_is_killed():
     """A child that called die_with_parent and then only sleeps (never writes) is gone after its
     parent is SIGKILLed; without the request it would sleep for ten minutes."""
     child = (
-        "import os, time; from suite.runner.launch import die_with_parent; "
+        "import os, time; from suite.runner.child import die_with_parent; "
         "die_with_parent(int(os.environ['PARENT'])); print('ready', flush=True); time.sleep(600)"
     )
     parent = (
@@ -280,7 +326,7 @@ def test_die_with_parent_ends_a_silent_child_when_its_parent_is_killed():
 def test_die_with_parent_exits_when_the_parent_is_already_another():
     """die_with_parent(expected) exits at once (status 1) when the parent is not ``expected``
     (the runner died before the request could take effect)."""
-    script = "from suite.runner.launch import die_with_parent; die_with_parent(1); print('alive')"
+    script = "from suite.runner.child import die_with_parent; die_with_parent(1); print('alive')"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 1 and "alive" not in result.stdout
 

@@ -278,11 +278,16 @@ def test_with_retry_repeats_only_locked_errors():
 def test_to_table_and_latest_per_cell():
     """to_table looks inside params/metrics/tags by the first dot; latest run per cell wins."""
     rows = [
-        {"cell_id": "a", "start_time": 1, "params": {"data.name": "x"}, "metrics": {"knn/top1": 1}},
-        {"cell_id": "a", "start_time": 2, "params": {"data.name": "y"}, "metrics": {}},
+        {
+            "cell_id": "a",
+            "start_time": 1,
+            "params": {"dataset.name": "x"},
+            "metrics": {"knn/top1": 1},
+        },
+        {"cell_id": "a", "start_time": 2, "params": {"dataset.name": "y"}, "metrics": {}},
         {"cell_id": "b", "start_time": 0, "params": {}, "metrics": {}},
     ]
-    table = to_table(rows, ["cell_id", "params.data.name", "metrics.knn/top1", "tags.none"])
+    table = to_table(rows, ["cell_id", "params.dataset.name", "metrics.knn/top1", "tags.none"])
     assert table[0] == ["a", "x", 1, None]
     assert [(r["cell_id"], r["start_time"]) for r in latest_per_cell(rows)] == [("a", 2), ("b", 0)]
 
@@ -469,5 +474,5 @@ def test_the_linear_probe_protocol_of_each_run_is_a_param(store, tmp_path):
     for c in load_experiment(path, env={}).cells():
         tracker.start_cell(c).finish()
     rows = read_runs(store, EXPERIMENT)
-    assert sorted(r["params"]["eval.linear_protocol"] for r in rows) == ["augmented", "cached"]
+    assert sorted(r["params"]["eval.linear.protocol"] for r in rows) == ["augmented", "cached"]
     assert len({r["cell_id"] for r in rows}) == 2

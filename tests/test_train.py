@@ -8,7 +8,15 @@ import pytest
 import torch
 from distributed import run_gloo
 
-from suite.cell import CellConfig, DataConfig, EvalConfig, MethodConfig, OptimConfig
+from suite.cell import (
+    CellConfig,
+    DatasetConfig,
+    EvalConfig,
+    KnnConfig,
+    LinearConfig,
+    MethodConfig,
+    OptimizerConfig,
+)
 from suite.train import (
     CheckpointError,
     TrainingDiverged,
@@ -22,13 +30,12 @@ from suite.train import (
 def tiny_cell(**overrides) -> CellConfig:
     base = dict(
         experiment="test",
-        data=DataConfig(name="synthetic", image_size=16, num_workers=0),
+        dataset=DatasetConfig(name="synthetic", image_size=16, num_workers=0),
         backbone="resnet10t",
-        method=MethodConfig(
-            name="byol", proj_hidden=32, proj_dim=16, pred_hidden=32, cifar_stem=False
-        ),
-        optim=OptimConfig(lr_per_256=0.5, warmup_epochs=0.1),
-        eval=EvalConfig(knn_k=5, linear_epochs=3, random_init_floor=False),
+        cifar_stem=False,
+        method=MethodConfig(name="byol", proj_hidden=32, proj_dim=16, pred_hidden=32),
+        optimizer=OptimizerConfig(lr_per_256=0.5, warmup_epochs=0.1),
+        eval=EvalConfig(knn=KnnConfig(k=5), linear=LinearConfig(epochs=3), random_init_floor=False),
         epochs=1,
         max_steps=4,
         batch_size=16,
@@ -46,7 +53,7 @@ def _final_state(workdir):
 
 def test_lr_schedule_is_linear_warmup_then_cosine_to_zero():
     """lr_k: warmup_lr → base over W steps, then base·(1+cos(π(k−W)/(K−W)))/2."""
-    cell = tiny_cell(optim=OptimConfig(lr_per_256=0.256, warmup_epochs=1, warmup_lr=1e-6))
+    cell = tiny_cell(optimizer=OptimizerConfig(lr_per_256=0.256, warmup_epochs=1, warmup_lr=1e-6))
     params = [torch.nn.Parameter(torch.zeros(1))]
     opt = build_optimizer(cell, params, world_batch=1000)
     base = 0.256 * 1000 / 256
@@ -65,9 +72,7 @@ def test_deterministic_with_a_seed_and_resume_is_bit_identical(tmp_path):
     """4 straight steps == 2 steps, interruption, resume for 2 more (CPU): identical weights."""
     cell = tiny_cell(
         teacher_bn="momentum",
-        method=MethodConfig(
-            name="m2t", proj_hidden=32, proj_dim=16, pred_hidden=32, cifar_stem=False
-        ),
+        method=MethodConfig(name="m2t", proj_hidden=32, proj_dim=16, pred_hidden=32),
     )
     a, b = tmp_path / "a", tmp_path / "b"
     ma = train_cell(cell, device="cpu", workdir=a, evaluate=False)
@@ -89,7 +94,7 @@ def test_non_finite_loss_stops_the_cell(tmp_path):
     state checks at logging/checkpoint steps are moved out of the way: the loss check is per
     step)."""
     cell = tiny_cell(
-        optim=OptimConfig(lr_per_256=1e30, warmup_epochs=0),
+        optimizer=OptimizerConfig(lr_per_256=1e30, warmup_epochs=0),
         max_steps=8,
         log_every=100,
         checkpoint_every=100,
@@ -103,7 +108,7 @@ def test_exploding_weights_under_a_bounded_loss_stop_the_cell_unsaved(tmp_path):
     statistics explode. The check at the logging/checkpoint step 5 raises TrainingDiverged naming
     the step and the tensor, before the checkpoint of that step is written."""
     cell = tiny_cell(
-        optim=OptimConfig(lr_per_256=1e6, warmup_epochs=0),
+        optimizer=OptimizerConfig(lr_per_256=1e6, warmup_epochs=0),
         max_steps=5,
         log_every=5,
         checkpoint_every=5,
@@ -164,7 +169,9 @@ def test_corrupt_checkpoint_fails_once_naming_the_file_then_the_cell_restarts(tm
 
 def test_metrics_of_a_finished_cell(tmp_path):
     """Throughput figures and probes (with their random-init floor) are reported."""
-    cell = tiny_cell(eval=EvalConfig(knn_k=5, linear_epochs=3, random_init_floor=True))
+    cell = tiny_cell(
+        eval=EvalConfig(knn=KnnConfig(k=5), linear=LinearConfig(epochs=3), random_init_floor=True)
+    )
     logged = []
     m = train_cell(cell, device="cpu", workdir=tmp_path, log_metrics=lambda d, s: logged.append(s))
     for key in [
@@ -228,8 +235,8 @@ def test_lars_excludes_bn_and_biases_from_weight_decay_and_adaptation():
     def step(exclude):
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-        optim = OptimConfig(name="lars", lr_per_256=0.1, weight_decay=0.5, momentum=0.0)
-        cell = tiny_cell(optim=dataclasses.replace(optim, exclude_bn_and_bias=exclude))
+        optimizer = OptimizerConfig(name="lars", lr_per_256=0.1, weight_decay=0.5, momentum=0.0)
+        cell = tiny_cell(optimizer=dataclasses.replace(optimizer, exclude_bn_and_bias=exclude))
         opt = build_optimizer(cell, parameter_groups(cell, net), world_batch=256)
         net(torch.randn(2, 3, 5, 5)).square().sum().backward()
         before = {n: p.detach().clone() for n, p in net.named_parameters()}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from suite.cell import AugConfig, CellConfig, DataConfig, MethodConfig
+from suite.cell import AugConfig, CellConfig, DatasetConfig, MethodConfig
 from suite.config import load_experiment
 from suite.data import DATASETS
 from suite.train import build_cell_data
@@ -22,13 +22,11 @@ def load_cells(tmp_path: Path, text: str) -> list[CellConfig]:
     return load_experiment(path, env={}).cells()
 
 
-def test_digits_and_mnist_carry_no_flip_and_other_datasets_no_default():
-    """The dataset defaults are documented in the registry: digits/mnist flip_p 0, others none."""
-    assert dict(DATASETS["digits"].view_defaults) == {"flip_p": 0.0}
-    assert dict(DATASETS["mnist"].view_defaults) == {"flip_p": 0.0}
-    assert all(
-        not info.view_defaults for n, info in DATASETS.items() if n not in ("digits", "mnist")
-    )
+def test_digit_datasets_carry_no_flip_and_other_datasets_no_default():
+    """The dataset defaults are in the registry: digits/mnist/mnist5k flip_p 0, others none."""
+    digits = ("digits", "mnist", "mnist5k")
+    assert all(dict(DATASETS[n].view_defaults) == {"flip_p": 0.0} for n in digits)
+    assert all(not info.view_defaults for n, info in DATASETS.items() if n not in digits)
 
 
 def test_precedence_recipe_then_small_image_rule_then_dataset_then_file():
@@ -119,7 +117,9 @@ def test_the_views_reaching_the_augmentation_are_the_files(tmp_path):
 
 def test_cell_built_in_code_gets_recipe_and_dataset_default_at_run_time():
     """AugConfig() (None): the method's recipe with the dataset's defaults; a given view is kept."""
-    cell = CellConfig(data=DataConfig(name="digits", image_size=16), method=MethodConfig("mocov2"))
+    cell = CellConfig(
+        dataset=DatasetConfig(name="digits", image_size=16), method=MethodConfig("mocov2")
+    )
     m1, m2 = view_specs("mocov2", blur=False)
     assert cell_views(cell) == (
         dataclasses.replace(m1, flip_p=0.0),

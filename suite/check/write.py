@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from suite.check import metrics as m
-from suite.config.schema import CELL, Leaf, Pair, Section
 
 if TYPE_CHECKING:
     from suite.runner.plan import Plan
@@ -61,44 +60,21 @@ class Rule:
         return f"tolerance = max(floor, {self.k:g} x std over seeds), floor = {floor}"
 
 
-def _schema_paths(spec: Section, prefix: str = "") -> Iterator[tuple[tuple[str, ...], str]]:
-    for key, sub in spec.keys.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(sub, Leaf):
-            yield sub.target, path
-        elif isinstance(sub, Section):
-            if sub.shorthand is not None:  # ``method: byol`` for ``method.name``
-                leaf = sub.keys[sub.shorthand]
-                if isinstance(leaf, Leaf):
-                    yield leaf.target, path
-            yield from _schema_paths(sub, path)
-        elif isinstance(sub, Pair):
-            continue  # ``bn`` is written as its two leaves
-
-
-def experiment_keys() -> dict[tuple[str, ...], str]:
-    """Cell field (target) -> the experiment-file key that sets it (the first in the schema)."""
-    out: dict[tuple[str, ...], str] = {}
-    for target, path in _schema_paths(CELL):
-        out.setdefault(target, path)
-    return out
-
-
 def group_cells(plan: Plan) -> list[tuple[str, dict[str, Any], list[int]]]:
     """Cells that differ only in ``seed``: (label, match with experiment keys, plan indices).
 
     The match names the fewest varying fields that tell the groups apart
-    (:func:`~suite.runner.plan.identifying_fields`)."""
+    (:func:`~suite.runner.plan.identifying_fields`), by their keys (a field's path; ``method`` for
+    ``method.name``)."""
     from suite.runner.plan import config_label, identifying_fields
 
-    keys = experiment_keys()
     fields = [f for f in plan.fields if f != "seed"]
     fields = identifying_fields([pc.cell for pc in plan.cells], fields)
     groups: dict[tuple, tuple[str, dict[str, Any], list[int]]] = {}
     for i, pc in enumerate(plan.cells):
         flat = pc.cell.flat()
         values = {f: flat[f] for f in fields}
-        match = {keys[tuple(f.split("."))]: v for f, v in values.items()}
+        match = {("method" if f == "method.name" else f): v for f, v in values.items()}
         key = tuple(repr(v) for v in values.values())
         named = dict(values)
         if "student_bn" in named or "teacher_bn" in named:  # name the pair whole

@@ -17,28 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from suite.cell import (
-    AugConfig,
-    BenchConfig,
-    CellConfig,
-    DataConfig,
-    EvalConfig,
-    MethodConfig,
-    OptimConfig,
-)
+from suite.cell import CellConfig
 from suite.config.schema import INVALID, VIEWS, Layer, Target
 from suite.recipes import RECIPES, recipe
 from suite.views import aug_kind, dataset_view_defaults, resolve_views
 
 _DEFAULT = CellConfig()
-_SUBCONFIGS = {
-    "data": DataConfig,
-    "aug": AugConfig,
-    "method": MethodConfig,
-    "optim": OptimConfig,
-    "eval": EvalConfig,
-    "bench": BenchConfig,
-}
 
 
 def recipe_defaults(method: str) -> Layer:
@@ -99,7 +83,7 @@ def resolve(draft: Draft, data_root: str | None) -> Layer:
         for target, strategy in recipe_defaults(method).items():
             layer.setdefault(target, strategy)
     if data_root is not None:
-        layer.setdefault(("data", "root"), data_root)
+        layer.setdefault(("dataset", "root"), data_root)
     return resolve_aug(layer)
 
 
@@ -114,7 +98,8 @@ def resolve_aug(layer: Layer) -> Layer:
         if target[0] == "aug":
             own[target[1]][target[2]] = item
     method, dataset, size = (
-        value(layer, t) for t in (("method", "name"), ("data", "name"), ("data", "image_size"))
+        value(layer, t)
+        for t in (("method", "name"), ("dataset", "name"), ("dataset", "image_size"))
     )
     inputs = [method, dataset, size, *(v for view in own.values() for v in view.values())]
     if any(v is INVALID for v in inputs):
@@ -139,16 +124,15 @@ def value(layer: Layer, target: Target) -> Any:
 
 
 def build(experiment: str, layer: Layer) -> CellConfig:
-    """The frozen cell of a resolved layer (which holds no ``INVALID``)."""
-    top: dict[str, Any] = {}
-    subs: dict[str, dict[str, Any]] = {key: {} for key in _SUBCONFIGS}
+    """The frozen cell of a resolved layer (which holds no ``INVALID``): each target is the path
+    of a cell field."""
+    tree: dict[str, Any] = {"experiment": experiment}
     for target, item in layer.items():
-        if len(target) == 1:
-            top[target[0]] = item
-        else:
-            subs[target[0]][target[1]] = item
-    parts = {key: typ(**subs[key]) for key, typ in _SUBCONFIGS.items()}
-    return CellConfig(experiment=experiment, **parts, **top)
+        node = tree
+        for part in target[:-1]:
+            node = node.setdefault(part, {})
+        node[target[-1]] = item
+    return CellConfig.from_dict(tree)
 
 
 def combination_problems(layer: Layer) -> tuple[list[str], list[str]]:
@@ -244,7 +228,7 @@ _T: dict[str, Target] = {
     "queue_size": ("method", "queue_size"),
     "symmetric": ("method", "symmetric"),
     "pred_hidden": ("method", "pred_hidden"),
-    "warmup_epochs": ("optim", "warmup_epochs"),
+    "warmup_epochs": ("optimizer", "warmup_epochs"),
     "epochs": ("epochs",),
 }
 _COMBO_TARGETS = tuple(_T.values())

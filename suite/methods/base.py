@@ -159,7 +159,7 @@ class TeacherStudent(nn.Module, abc.ABC):
         self.fuse_views = True  # False: one forward per view (the reference path; not DDP-safe)
 
         backbone, dim = build_backbone(
-            cell.backbone, image_size=cell.data.image_size, cifar_stem=cell.method.cifar_stem
+            cell.backbone, image_size=cell.dataset.image_size, cifar_stem=cell.cifar_stem
         )
         projector, predictor = self.build_heads(dim, cell.method)
         self.student = Student(Encoder(backbone, projector), predictor)

@@ -186,7 +186,7 @@ def bench_points(plan: Plan) -> list[tuple[str, int, int, float, float | None]]:
                 (
                     f"{c.student_bn}/{c.teacher_bn}",
                     c.nproc,
-                    c.data.image_size,
+                    c.dataset.image_size,
                     float(pc.metrics["images_per_s"]),
                     pc.metrics.get("images_per_s_vs_local"),
                 )

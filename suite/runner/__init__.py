@@ -8,48 +8,53 @@
 
 Importing this package is cheap (no torch, no MLflow); the modules:
 
-- ``plan``     cells, ids, varying axes, done/pending (``build_plan``, ``render_plan``);
-- ``shard``    ``--shard K/N`` (1-based, round robin over the expanded order);
+- ``plan``     cells, ids, varying axes, done/pending, ``--shard K/N`` (``build_plan``,
+  ``render_plan``, ``parse_shard``);
 - ``run``      the checks before training and the loop over pending cells;
-- ``execute``  one cell: lock, MLflow run, child process, recording (who records what);
-- ``child``    the cell's process (``python -m suite.runner.child``);
-- ``launch``   its command line (torchrun for ``nproc > 1``), environment, dying with the runner;
-- ``protocol`` the event lines between the two; ``progress`` bars and tables; ``lock`` the lock.
+- ``execute``  one cell: lock, MLflow run, the cell's process, recording (who records what);
+- ``child``    the cell's process (``bnsuite _cell``): its command line and environment, its
+  input file, the event lines it writes, what it runs;
+- ``progress`` bars and tables; ``lock`` the per-cell lock.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from suite.runner.execute import CellOutcome
+from suite.runner.plan import (
+    Plan,
+    PlannedCell,
+    Shard,
+    build_plan,
+    cell_folder,
+    parse_shard,
+    render_plan,
+)
+from suite.runner.run import (
+    DEFAULT_WORKDIR,
+    PreflightError,
+    RunReport,
+    load_plan,
+    prepare,
+    render_failures,
+    render_summary,
+    run_plan,
+)
 
-# name -> module; imported on first use, so that ``python -m suite.runner.child`` (which imports
-# this package first) does not import itself twice.
-_EXPORTS = {
-    "CellOutcome": "execute",
-    "Plan": "plan",
-    "PlannedCell": "plan",
-    "build_plan": "plan",
-    "cell_folder": "plan",
-    "render_plan": "plan",
-    "DEFAULT_WORKDIR": "run",
-    "PreflightError": "run",
-    "RunReport": "run",
-    "load_plan": "run",
-    "prepare": "run",
-    "render_failures": "run",
-    "render_summary": "run",
-    "run_plan": "run",
-    "Shard": "shard",
-    "parse_shard": "shard",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'suite.runner' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"suite.runner.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__all__ = [
+    "DEFAULT_WORKDIR",
+    "CellOutcome",
+    "Plan",
+    "PlannedCell",
+    "PreflightError",
+    "RunReport",
+    "Shard",
+    "build_plan",
+    "cell_folder",
+    "load_plan",
+    "parse_shard",
+    "prepare",
+    "render_failures",
+    "render_plan",
+    "render_summary",
+    "run_plan",
+]

@@ -1,35 +1,111 @@
-"""One cell in its own process: ``python -m suite.runner.child CELL.json --workdir DIR --device D``.
+"""A cell's own process: how the runner starts it, what it reads, what it runs, what it says.
 
-The runner starts this module once per cell (through ``torchrun`` when ``cell.nproc > 1``; then
-every rank runs it and rank 0 reports). It trains and evaluates the cell with
-:func:`suite.train.train_cell` (a bench cell, ``bench.steps >= 1``, is timed instead with
-:func:`suite.throughput.run_bench_cell`), resuming from ``DIR/checkpoint.pt``, and reports on
-stdout with the line protocol of :mod:`suite.runner.protocol`; it never touches the tracking
-store (the runner records). Exit status: 0 after a ``result`` event, 1 after an ``error`` event.
+Started by the runner once per cell as ``bnsuite _cell CELL.json --workdir DIR --device D`` (a
+hidden sub-command, run as ``python -m suite _cell ...`` with the runner's interpreter). With
+``--nproc N`` (``cell.nproc > 1``) it is a trampoline: it asks to die with the runner and becomes
+``torchrun --standalone --nproc-per-node=N -m suite _cell CELL.json ...`` (``exec``), so killing
+the runner also ends torchrun's agent and every rank (which asks the same of the agent).
 
-The process dies with its parent: on Linux it asks the kernel for ``SIGKILL`` when the parent
-exits (:func:`suite.runner.launch.die_with_parent`); elsewhere its next write to the closed pipe
-fails.
+It trains and evaluates the cell with :func:`suite.train.train_cell` (a bench cell,
+``bench.steps >= 1``, is timed instead with :func:`suite.throughput.run_bench_cell`), resuming
+from ``DIR/checkpoint.pt``; rank 0 reports on stdout with the event lines below. It never touches
+the tracking store (the runner records, :mod:`suite.runner.execute`). Exit status: 0 after a
+``result`` event, 1 after an ``error`` event.
+
+The children get the runner's environment plus the resolved tracking URI
+(``MLFLOW_TRACKING_URI``), the runner's pid (``BNSUITE_PARENT_PID``), unbuffered output and a
+``PYTHONPATH`` that finds this very ``suite`` package. A child dies with its parent: on Linux it
+asks the kernel for ``SIGKILL`` when the parent exits (:func:`die_with_parent`); elsewhere its
+next write to the closed pipe fails.
+
+Event lines. The cell's process writes one event per line, ``@bnsuite {"event": ..., ...}``
+(compact JSON after a fixed marker); every other line (library warnings, tracebacks, torchrun's
+own output) is plain log text. The marker may appear after a prefix (torchrun can prefix rank
+output), so :func:`parse` looks for it anywhere in the line. Events, in the order a cell emits them:
+
+=============  ================================================================================
+``device``     ``name``, ``pid``: where the cell runs (recorded as tag ``suite.device``)
+``metrics``    ``step``, ``values``: the loss and schedules every ``cell.log_every`` steps
+``progress``   ``step``, ``total``, ``loss``, ``img_s``: after every training step
+``result``     ``metrics``: the final metrics returned by ``train_cell``
+``error``      ``reason`` (one line: ``<ExceptionType>: <message>``), ``traceback``
+=============  ================================================================================
+
+Non-finite floats are written as JSON ``NaN``/``Infinity`` (Python's ``json`` reads them back).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import signal
 import sys
 import time
 import traceback
 from collections import deque
 from pathlib import Path
+from typing import IO, Any
 
 from suite.cell import CellConfig
-from suite.runner.launch import PARENT_ENV, die_with_parent
-from suite.runner.protocol import emit
 
+PARENT_ENV = "BNSUITE_PARENT_PID"
+PR_SET_PDEATHSIG = 1
 PROGRESS_EVERY_S = 0.25  # at most four progress events per second (and always the last step)
+MARKER = "@bnsuite "
+EVENTS = ("device", "metrics", "progress", "result", "error")
 
 
+# -- starting it ---------------------------------------------------------------------------------
+def child_command(nproc: int, cell_file: Path, workdir: Path, device: str) -> list[str]:
+    """The argv that trains one cell (see the module docstring)."""
+    args = [str(cell_file), "--workdir", str(workdir), "--device", device]
+    if nproc > 1:
+        args += ["--nproc", str(nproc)]
+    return [sys.executable, "-m", "suite", "_cell", *args]
+
+
+def torchrun_command(nproc: int, child_args: list[str]) -> list[str]:
+    """``torchrun --standalone --nproc-per-node=N -m suite _cell ARGS`` (same Python)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "suite",
+        "_cell",
+        *child_args,
+    ]
+
+
+def child_env(tracking_uri: str) -> dict[str, str]:
+    """The runner's environment plus what a cell process needs (module docstring)."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = package_root + (os.pathsep + path if path else "")
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env[PARENT_ENV] = str(os.getpid())
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def die_with_parent(expected_parent: int | None = None) -> None:
+    """Linux: SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``, which
+    survives ``exec``); exit now if ``expected_parent`` is already gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(1)
+
+
+# -- its input -----------------------------------------------------------------------------------
 def write_cell(cell: CellConfig, path: Path) -> Path:
     """Store ``cell`` with its id as the child's input file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +122,36 @@ def read_cell(path: Path) -> CellConfig:
     return cell
 
 
+# -- what it says --------------------------------------------------------------------------------
+def encode(event: str, **fields: Any) -> str:
+    """``@bnsuite {"event": event, **fields}`` (one line, no trailing newline)."""
+    if event not in EVENTS:
+        raise ValueError(f"event {event!r} is not one of {', '.join(EVENTS)}")
+    return MARKER + json.dumps({"event": event, **fields}, separators=(",", ":"), default=str)
+
+
+def emit(event: str, stream: IO[str] | None = None, **fields: Any) -> None:
+    """Write one event line and flush (the runner renders progress as it arrives)."""
+    out = stream if stream is not None else sys.stdout
+    out.write(encode(event, **fields) + "\n")
+    out.flush()
+
+
+def parse(line: str) -> dict[str, Any] | None:
+    """The event dict of an event line; ``None`` for plain log text or a malformed event."""
+    at = line.find(MARKER)
+    if at < 0:
+        return None
+    try:
+        event = json.loads(line[at + len(MARKER) :])
+    except ValueError:
+        return None
+    if not isinstance(event, dict) or event.get("event") not in EVENTS:
+        return None
+    return event
+
+
+# -- what it runs --------------------------------------------------------------------------------
 class Throughput:
     """Images per second over the last ``window`` steps: ``batch · Δsteps / Δt``."""
 
@@ -96,17 +202,19 @@ def train(cell: CellConfig, workdir: Path, device: str, report: bool) -> None:
         emit("result", metrics=metrics)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m suite.runner.child", description=__doc__)
-    parser.add_argument("cell", type=Path, help="cell file written by the runner")
-    parser.add_argument("--workdir", type=Path, required=True, help="the cell's checkpoint folder")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    args = parser.parse_args(argv)
+def run_cell(cell_file: Path, workdir: Path, device: str, nproc: int = 1) -> int:
+    """``bnsuite _cell``: the body of the cell's process (module docstring); its exit status."""
     parent = os.environ.get(PARENT_ENV)
+    if nproc > 1:  # the trampoline: die with the runner, become torchrun
+        die_with_parent(int(parent) if parent else None)
+        command = torchrun_command(
+            nproc, [str(cell_file), "--workdir", str(workdir), "--device", device]
+        )
+        os.execv(command[0], command)
     die_with_parent(int(parent) if parent and "LOCAL_RANK" not in os.environ else None)
     report = int(os.environ.get("RANK", "0")) == 0
     try:
-        train(read_cell(args.cell), args.workdir, args.device, report)
+        train(read_cell(cell_file), workdir, device, report)
     except Exception as exc:
         text = traceback.format_exc()
         sys.stderr.write(text)
@@ -115,7 +223,3 @@ def main(argv: list[str] | None = None) -> int:
             emit("error", reason=f"{type(exc).__name__}: {exc}", traceback=text)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,6 +17,7 @@ runner finished meanwhile is not trained again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import subprocess
 import time
@@ -26,12 +27,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from suite.cell import EVAL_BN_STATISTICS
-from suite.runner.child import write_cell
-from suite.runner.launch import child_command, child_env
+from suite.runner.child import child_command, child_env, parse, write_cell
 from suite.runner.lock import CellLock
 from suite.runner.plan import PlannedCell, cell_folder
 from suite.runner.progress import ProgressView
-from suite.runner.protocol import parse
 
 if TYPE_CHECKING:
     from suite.cell import CellConfig
@@ -71,25 +70,18 @@ class _Report:
 
 def summary(cell: CellConfig, run_id: str, metrics: dict[str, Any], device: str | None) -> dict:
     """The ``summary.json`` artifact: the metrics with the cell id, the evaluated encoder and the
-    evaluation protocol that produced them."""
-    ev = cell.eval
+    evaluation protocol that produced them (the cell's ``eval`` keys, ``encoder`` resolved)."""
+    protocol = {
+        **dataclasses.asdict(cell.eval),
+        "encoder": cell.eval_encoder,
+        "bn_statistics": EVAL_BN_STATISTICS,
+    }
     return {
         "experiment": cell.experiment,
         "cell_id": cell.cell_id,
         "run_id": run_id,
         "eval_encoder": cell.eval_encoder,
-        "protocol": {
-            "encoder": cell.eval_encoder,
-            "knn": {"k": ev.knn_k, "temperature": ev.knn_temperature},
-            "linear": {
-                "epochs": ev.linear_epochs,
-                "lr": ev.linear_lr,
-                "batch_size": ev.linear_batch_size,
-                "protocol": ev.linear_protocol,
-            },
-            "random_init_floor": ev.random_init_floor,
-            "bn_statistics": EVAL_BN_STATISTICS,
-        },
+        "protocol": protocol,
         "device": device,
         "metrics": metrics,
     }

@@ -1,26 +1,36 @@
-"""What the runner shows while cells train: a progress bar per cell and plain-text tables.
+"""What the runner shows while cells train: a progress bar per cell and the tables, drawn by rich.
 
-On a terminal the bar is redrawn in place (``\\r``) at most ten times a second; otherwise (CI
-logs, files) a full line is printed when a cell starts training, every ``every_s`` seconds and at
-its last step, so a log stays short and still shows that the job is alive.
+On a terminal the bar is rich's live display (steps, loss, img/s, elapsed and remaining time),
+redrawn in place and removed when the cell ends, with the runner's messages printed above it.
+Otherwise (CI logs, pipes, files) there are no control codes: one short line when a cell starts
+training, one every ``every_s`` seconds and one at its last step, so a log stays short and still
+shows that the job is alive. Tables (``plan``, ``run``'s summary, ``check``) are plain text in
+rich's layout, the same on a terminal and in a log.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-BAR_WIDTH = 24
-TTY_REFRESH_S = 0.1
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
 
-
-def bar(step: int, total: int, width: int = BAR_WIDTH) -> str:
-    """``[#########...............]``: ``round(width · step / total)`` filled cells."""
-    filled = 0 if total <= 0 else min(width, round(width * step / total))
-    return "[" + "#" * filled + "." * (width - filled) + "]"
+TTY_REFRESH_PER_S = 10
 
 
 def _number(value: Any, fmt: str) -> str:
@@ -30,11 +40,8 @@ def _number(value: Any, fmt: str) -> str:
 
 
 def progress_text(label: str, step: int, total: int, loss: Any, img_s: Any) -> str:
-    """``<label> [####....] 12/44 loss 3.2101 img/s 118``."""
-    return (
-        f"{label} {bar(step, total)} {step}/{total} loss {_number(loss, '.4f')} "
-        f"img/s {_number(img_s, '.0f')}"
-    )
+    """``<label> 12/44 loss 3.2101 img/s 118``: one line of the non-terminal output."""
+    return f"{label} {step}/{total} loss {_number(loss, '.4f')} img/s {_number(img_s, '.0f')}"
 
 
 class ProgressView:
@@ -49,53 +56,81 @@ class ProgressView:
         self.every_s = every_s
         self.label = ""
         self._last = -math.inf
-        self._width = 0
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self._console = (
+            Console(file=self.stream, force_terminal=True, highlight=False, emoji=False)
+            if self.tty
+            else None
+        )
 
     def start(self, label: str) -> None:
         """A new cell: remember its label; reset the clock."""
+        self.clear()
         self.label = label
         self._last = -math.inf
-        self._width = 0
 
     def update(self, step: int, total: int, loss: Any = None, img_s: Any = None) -> None:
+        if self._console is not None:
+            self._live(step, total, loss, img_s)
+            return
         now = time.monotonic()
-        final = step >= total
-        if self.tty:
-            if not final and now - self._last < TTY_REFRESH_S:
-                return
-            text = progress_text(self.label, step, total, loss, img_s)
-            pad = " " * max(self._width - len(text), 0)
-            self.stream.write("\r" + text + pad)
-            self._width = len(text)
-        else:
-            if not final and now - self._last < self.every_s:
-                return
-            self.stream.write(progress_text(self.label, step, total, loss, img_s) + "\n")
+        if step < total and now - self._last < self.every_s:
+            return
         self._last = now
+        self.stream.write(progress_text(self.label, step, total, loss, img_s) + "\n")
         self.stream.flush()
+
+    def _live(self, step: int, total: int, loss: Any, img_s: Any) -> None:
+        fields = {"loss": _number(loss, ".4f"), "img_s": _number(img_s, ".0f")}
+        if self._bar is None:
+            self._bar = Progress(
+                TextColumn("{task.description}", markup=False),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  img/s {task.fields[img_s]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self._console,
+                transient=True,
+                refresh_per_second=TTY_REFRESH_PER_S,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=total, completed=step, **fields)
+        else:
+            self._bar.update(self._task, total=total, completed=step, **fields)
 
     def message(self, text: str) -> None:
-        """A line of its own (ends a bar in progress first)."""
-        self.clear()
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        """A line of its own (above the bar of a cell in progress)."""
+        if self._console is None:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        else:
+            self._console.print(Text(text))
 
     def clear(self) -> None:
-        if self.tty and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self._width = 0
+        """End the bar of the current cell (a terminal's live display is removed)."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+_RULE_UNDER_HEADER = box.SIMPLE_HEAD
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Left-aligned columns separated by two spaces, a dashed rule under the header."""
-    text = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(row[i]) for row in text) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(text[0]), rule, *(line(r) for r in text[1:])])
+    """Left-aligned columns, a rule under the header, ``-`` for ``None``; never wrapped (a wide
+    table stays one line per row in a log)."""
+    table = Table(box=_RULE_UNDER_HEADER, show_edge=False, pad_edge=False)
+    for header in headers:
+        table.add_column(Text(str(header)), no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*(Text("-" if v is None else str(v)) for v in row))
+    out = io.StringIO()
+    Console(file=out, width=100_000, color_system=None, highlight=False, emoji=False).print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())
 
 
 def percent(value: Any) -> str:

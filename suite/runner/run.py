@@ -27,9 +27,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from suite.runner.execute import BUSY, SKIPPED, CellOutcome, train_and_record
-from suite.runner.plan import Plan, build_plan
+from suite.runner.plan import Plan, Shard, build_plan
 from suite.runner.progress import ProgressView, format_table, percent, rate
-from suite.runner.shard import Shard
 
 if TYPE_CHECKING:
     from suite.tracking import Tracker
@@ -92,7 +91,7 @@ def prepare(plan: Plan, device: str, *, workdir: str | Path | None = None) -> Tr
     pending = plan.pending
     if not pending:
         return None
-    for name, root in dict.fromkeys((c.cell.data.name, c.cell.data.root) for c in pending):
+    for name, root in dict.fromkeys((c.cell.dataset.name, c.cell.dataset.root) for c in pending):
         check_dataset(name, root)
     check_device(device, max(c.cell.nproc for c in pending))
     return Tracker(plan.tracking_uri, plan.name, workdir=workdir)

