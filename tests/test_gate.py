@@ -157,6 +157,7 @@ def test_gate_fails_when_a_ci_cell_diverges(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # one full CI cell (about a minute on two idle cores)
 def test_gate_fails_naming_the_loss_and_gain_entries_when_the_student_never_updates(
     tmp_path, monkeypatch
 ):
