@@ -538,6 +538,26 @@ def test_write_baseline_keeps_relations_and_rejects_a_broken_file(tmp_path, judg
     assert code == 2 and "'nope' is not a metric" in err and broken.read_text() == before
 
 
+def test_written_entries_state_their_unit_so_a_percent_section_cannot_misread_them(
+    tmp_path, judged
+):
+    """A section whose default unit is percent (as the paper's) gets measured entries in the
+    logged unit, stated on each: judged again they pass with delta 0, and a regression of 5
+    points would fail (the threshold is in the same unit as the value)."""
+    path, _, _ = judged
+    out = baseline(
+        tmp_path, unit="percent", metric="linear/top1", relations=["local/local < sync/sync"]
+    )
+    code, _, err = cli("check", str(path), "--write-baseline", str(out), "--metric", "linear/top1")
+    assert code == 0, err
+    entries = yaml.safe_load(out.read_text())["experiments"]["judged"]["entries"]
+    assert entries and {e["unit"] for e in entries} == {"fraction"}
+    code, data = check(path, out)
+    judged_entries = [e for e in data["entries"] if e["expected"] is not None]
+    assert all(e["unit"] == "fraction" and abs(e["delta"]) < 1e-5 for e in judged_entries)
+    assert all(e["expected"] - e["tolerance"] > 0.5 for e in judged_entries)  # a fraction bound
+
+
 # -- plan --json ---------------------------------------------------------------------------
 def test_plan_json_lists_ids_axes_values_status_and_metrics(tmp_path, judged):
     path, exp, _ = judged

