@@ -65,7 +65,9 @@ def test_a_two_cell_slice_trains_and_is_judged_by_the_mini_table1_baselines(tmp_
     assert len(refs) == 5  # the paper's five STL10 rows, beside the measurement
     (row,) = [e for e in refs if e["n"] == 1]  # of the table's rows, only sync/sync ran
     assert row["reference"] == 88.06 and row["label"] == "sync/sync (paper STL10)"
-    assert row["verdict"] == "info" and row["mean"] == pytest.approx(100 * row["values"][0])
+    # judged in the section's unit: the logged fraction shown in percent
+    assert row["verdict"] == "info" and row["unit"] == "percent" and row["values"][0] > 1
+    assert row["mean"] == pytest.approx(row["values"][0])
     # the measured regression entries judge exactly the two cells that ran
     judged = [e for e in data["entries"] if e["expected"] is not None and e["n"]]
     assert judged and all(e["verdict"] in ("pass", "FAIL") for e in judged)

@@ -584,7 +584,6 @@ def test_finished_run_holds_params_tags_metrics_and_summary(resumed):
         *("knn/top1_random_init", "linear/top1_random_init", "train/loss", "train/lr"),
     }
     assert expected <= set(metrics), expected - set(metrics)
-    assert 0.0 <= metrics["knn/top1"] <= 1.0
     client = MlflowClient(uri)
     history = client.get_metric_history(row["run_id"], "train/loss")
     assert sorted(m.step for m in history) == list(range(1, cell.max_steps + 1))
