@@ -72,7 +72,11 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 
 def autocast_context(device: torch.device, precision: str):
     """The autocast region of :func:`autocast_dtype` (a no-op at full precision)."""
-    dtype = autocast_dtype(device, precision)
+    return autocast_to(device, autocast_dtype(device, precision))
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device``; a no-op context when ``dtype`` is None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

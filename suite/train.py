@@ -387,8 +387,7 @@ def train_cell(
     timer = StepTimer(cuda=dev.type == "cuda")
     runtime.reset_peak_memory(dev)
     method.train()
-    last_logs: dict[str, float] = {}
-    shown: dict[str, float] = {}
+    shown: dict[str, float] = {}  # the latest host-side logs (on CUDA: of the last logging step)
     watch = LossWatch(dev, deferred=dev.type == "cuda")
     resumed_at = step
     autocast = runtime.autocast_context(dev, cell.precision)
@@ -419,8 +418,7 @@ def train_cell(
                 watch.read(step)  # the one host read of the loss flag, at a logging step
                 logs["loss"] = float(logs["loss"])
             if not isinstance(logs["loss"], torch.Tensor):
-                shown = logs  # host values: on CUDA those of the last logging step
-            last_logs = shown
+                shown = logs
             if progress is not None:
                 progress(step, run_steps, shown)
             if logging_step or checkpoint_step:
@@ -437,8 +435,8 @@ def train_cell(
             timer.start()
 
     metrics: dict[str, Any] = {"train/steps": step, "train/total_steps": total_steps}
-    if last_logs:
-        metrics["train/loss_final"] = last_logs["loss"]
+    if shown:  # the last step is always a logging step: its loss
+        metrics["train/loss_final"] = shown["loss"]
     samples_per_step = cell.batch_size
     metrics.update(timer.summary(samples_per_step, skip=min(2, max(len(timer.step_s) - 1, 0))))
     metrics["peak_memory_mb"] = runtime.peak_memory_mb(dev)

@@ -63,13 +63,20 @@ def digits_splits(image_size: int) -> TensorSplits:
     channels. Split: stratified 80/20 with ``random_state=0`` (1,437 train / 360 test), indices
     kept in file order; the SSL set is the train split.
     """
-    grey, labels, tr, te = _digits_raw()
+    return _grey_digit_splits(*_digits_raw(), image_size)
+
+
+def _grey_digit_splits(
+    grey: Tensor, labels: Tensor, train_idx: Tensor, test_idx: Tensor, image_size: int
+) -> TensorSplits:
+    """Ten-class grey ``[N, 1, h, w]`` uint8 digits → resized, 3-channel train/test splits; the
+    SSL set is the train split's images (the same tensor, not a copy)."""
     images = _resize_uint8(grey, image_size).expand(-1, 3, -1, -1)
-    train = (images[tr].contiguous(), labels[tr])
+    train = (images[train_idx].contiguous(), labels[train_idx])
     return TensorSplits(
         ssl=train[0],
         train=train,
-        test=(images[te].contiguous(), labels[te]),
+        test=(images[test_idx].contiguous(), labels[test_idx]),
         classes=tuple(str(i) for i in range(10)),
     )
 
@@ -128,14 +135,7 @@ def mnist5k_splits(image_size: int) -> TensorSplits:
     1,000 test), indices kept in file order; resized (bilinear, antialiased) to ``image_size``,
     grey repeated to 3 channels; the SSL set is the train split.
     """
-    grey, labels, tr, te = _mnist5k_raw()
-    images = _resize_uint8(grey, image_size).expand(-1, 3, -1, -1)
-    return TensorSplits(
-        ssl=images[tr].contiguous(),
-        train=(images[tr].contiguous(), labels[tr]),
-        test=(images[te].contiguous(), labels[te]),
-        classes=tuple(str(i) for i in range(10)),
-    )
+    return _grey_digit_splits(*_mnist5k_raw(), image_size)
 
 
 def synthetic_images(

@@ -28,7 +28,6 @@ evaluation.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -37,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from suite.eval.features import _encoder_device, topk_hits
+from suite.eval.features import _encoder_device, encoder_input, topk_hits
 from suite.eval.threads import cpu_threads as threads_for
 from suite.finite import check_features
+from suite.runtime import autocast_to
 
 SCHEDULES = ("cosine", "step")
 EVAL_ROWS = 8192  # test rows per classifier forward at evaluation
@@ -194,16 +194,9 @@ def linear_probe_augmented(
                             f"train_epoch: epoch {epoch - 1} yielded more than "
                             f"steps_per_epoch={steps_per_epoch} batches"
                         )
-                    images = images.to(run_device, non_blocking=True)
+                    images = encoder_input(images, run_device, channels_last)
                     labels = labels.to(run_device, torch.long, non_blocking=True)
-                    if channels_last and images.dim() == 4:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    autocast = (
-                        torch.autocast(device_type=run_device.type, dtype=autocast_dtype)
-                        if autocast_dtype is not None
-                        else contextlib.nullcontext()
-                    )
-                    with torch.no_grad(), autocast:
+                    with torch.no_grad(), autocast_to(run_device, autocast_dtype):
                         features = encoder(images)
                     features = features.reshape(features.shape[0], -1).float()
                     for group in optimizer.param_groups:

@@ -9,7 +9,6 @@ encoder ran on unless the caller gathers them elsewhere (:mod:`suite.eval.placem
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -17,6 +16,15 @@ import torch
 from torch import Tensor, nn
 
 from suite.eval.threads import cpu_threads as threads_for
+from suite.runtime import autocast_to
+
+
+def encoder_input(images: Tensor, device: torch.device, channels_last: bool) -> Tensor:
+    """A batch of images on ``device`` (asynchronously), channels-last when asked for."""
+    images = images.to(device, non_blocking=True)
+    if channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
 
 
 def _encoder_device(encoder: nn.Module) -> torch.device:
@@ -87,15 +95,8 @@ def extract_features(
         with threads_for(cpu_threads, run_device):
             for index, batch in enumerate(batches):
                 images, targets = _split_batch(batch, index)
-                images = images.to(run_device, non_blocking=True)
-                if channels_last and images.dim() == 4:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                autocast = (
-                    torch.autocast(device_type=run_device.type, dtype=autocast_dtype)
-                    if autocast_dtype is not None
-                    else contextlib.nullcontext()
-                )
-                with autocast:
+                images = encoder_input(images, run_device, channels_last)
+                with autocast_to(run_device, autocast_dtype):
                     out = encoder(images)
                 if not isinstance(out, Tensor):
                     raise TypeError(
