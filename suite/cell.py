@@ -121,6 +121,7 @@ class EvalConfig:
     encoder: str | None = None  # None: BYOL evaluates the student, M2T the teacher, MoCo the query
     random_init_floor: bool = True  # also probe the untrained encoder
     floor_bn: str = "calibrated"  # its BN statistics: calibrated on the train split, or init's
+    floor_inits: int = 1  # inits the floor averages: 1 = the cell's seed; K > 1: K fixed seeds
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,9 @@ loss stays bounded). The cell must end FAILED and the gate must fail on its entr
 A second plant makes every ``SGD.step`` a no-op: the student never updates (what a loss cut from
 the graph, or an optimizer given the wrong parameters, also produce). The cell finishes, so only
 the baseline can catch it: its final loss stays at the untrained value and its linear probe does
-not rise above the random-init floor; the gate must name those entries. The plant runs in the
-MoCo v2 cell, the one whose measured gain (5.8 ± 0.6 points over 5 seeds) puts its gain threshold
-above zero; for the BYOL and M2T cells only the loss entry protects training
-(``baselines/ci.yaml`` says why).
+not rise above the random-init floor; the gate must name those entries. Every CI cell's linear
+gain threshold lies above zero (``baselines/ci.yaml``, 5 seeds), so the plant in one cell shows
+what the gate does for each; it runs in the MoCo v2 cell, the fastest to train.
 """
 
 from __future__ import annotations
@@ -112,10 +111,10 @@ def test_ci_baseline_judges_every_ci_cell_on_its_gain_and_accuracy():
     assert by_metric == {m: n for m in GATED_METRICS}
 
 
-def test_ci_baseline_gain_thresholds_follow_the_rule_and_the_moco_cell_must_learn():
+def test_ci_baseline_gain_thresholds_follow_the_rule_and_every_cell_must_learn():
     """Each gain threshold is mean − max(0.01, 3 std) of the measured seeds (the --write-baseline
-    rule, nothing edited by hand), and the MoCo v2 cell's linear threshold lies above zero: a
-    MoCo cell that stops learning beyond its random-init floor fails the gate."""
+    rule, nothing edited by hand), and every cell's linear-gain threshold lies above zero: a cell
+    of any method that stops learning beyond its random-init floor fails the gate."""
     from suite.check import load_baselines
 
     gains = [e for e in load_baselines(BASELINE)["ci"].entries if e.metric.endswith("_gain")]
@@ -124,8 +123,10 @@ def test_ci_baseline_gain_thresholds_follow_the_rule_and_the_moco_cell_must_lear
         rule = max(0.01, 3 * entry.measured["std"])
         assert entry.expected == pytest.approx(entry.measured["mean"], abs=1e-6)
         assert entry.tolerance == pytest.approx(rule, rel=1e-4), entry.label
-    (moco,) = [e for e in gains if e.label == "mocov2: linear/top1_gain"]
-    assert moco.expected - moco.tolerance > 0
+    linear = {e.label: e for e in gains if e.metric == "linear/top1_gain"}
+    assert len(linear) == len(_cells())
+    for label, entry in linear.items():
+        assert entry.expected - entry.tolerance > 0, label
 
 
 def test_ci_baseline_was_written_by_the_explicit_step():

@@ -239,3 +239,46 @@ def test_cuda_cell_evaluation_keeps_every_tensor_on_the_gpu(protocol, spies):
     assert {d.type for _, d in spies} == {"cuda"}
     assert metrics["eval/features_on_device"] == 1 and "eval/cpu_threads" not in metrics
     assert metrics["linear/top1"] > 0.1
+
+
+def test_a_floor_over_several_inits_is_the_mean_of_those_inits_and_the_same_for_every_seed(
+    digits,
+):
+    """eval.floor_inits = 2: each ``*_random_init`` is the mean of the two single-init floors
+    (each init probed alone, as a one-init cell of that seed), the spread is recorded, the inits
+    differ (else the mean would be no better than one), and a cell of another seed gets the
+    same floor: it is one number per configuration."""
+    from dataclasses import replace
+
+    import suite.probe as probe
+
+    two = replace(cell(), eval=replace(cell().eval, random_init_floor=True, floor_inits=2))
+    got = probe.probe_floor(two, digits, CPU, False, None)
+    other_seed = probe.probe_floor(replace(two, seed=7), digits, CPU, False, None)
+    accuracies = [k for k in got if not k.startswith("eval/")]  # seconds differ, naturally
+    assert accuracies and {k: other_seed[k] for k in accuracies} == {k: got[k] for k in accuracies}
+    one = replace(two.eval, floor_inits=1)
+    singles = [
+        probe.probe_floor(replace(two, seed=s, eval=one), digits, CPU, False, None)
+        for s in probe.floor_seeds(two)
+    ]
+    for key in ("knn/top1_random_init", "linear/top1_random_init"):
+        values = torch.tensor([s[key] for s in singles], dtype=torch.float64)
+        assert len(set(values.tolist())) > 1, f"{key}: the two inits gave one value"
+        assert got[key] == pytest.approx(float(values.mean()), abs=1e-12)
+        assert got[key + "_std"] == pytest.approx(float(values.std()), abs=1e-12)
+    assert "knn/top1_random_init_std" not in singles[0]  # one init: no spread
+
+
+def test_one_floor_init_is_the_cells_own_seed_and_several_are_the_same_for_every_seed():
+    """floor_inits = 1 pairs the floor with the trained encoder's init (the cell's seed); with
+    K > 1 the K inits are fixed, so every seed of a configuration is judged against one floor."""
+    from dataclasses import replace
+
+    from suite.probe import FLOOR_SEED_BASE, floor_seeds
+
+    one = [floor_seeds(replace(cell(), seed=s)) for s in (0, 7)]
+    assert one == [[0], [7]]
+    many = replace(cell(), eval=replace(cell().eval, floor_inits=4))
+    fixed = [floor_seeds(replace(many, seed=s)) for s in (0, 7)]
+    assert fixed[0] == fixed[1] == [FLOOR_SEED_BASE + i for i in range(4)]

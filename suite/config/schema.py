@@ -120,6 +120,7 @@ CHECKS: dict[str, c.Check] = {
     "eval.encoder": c.encoder,
     "eval.random_init_floor": c.boolean,
     "eval.floor_bn": c.floor_bn,
+    "eval.floor_inits": _POS,
     "precision": c.precision,
     "channels_last": c.optional(c.boolean),
     "log_every": _POS,

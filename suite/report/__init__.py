@@ -103,6 +103,7 @@ def config_table(configs: Sequence[Config]) -> Table:
                 acc(c, "knn/top1_gain"),
                 acc(c, "linear/top1"),
                 acc(c, "linear/top1_random_init"),
+                acc(c, "linear/top1_gain"),
                 mean_std(speed.n, speed.mean, speed.std, "value"),
             ]
         )
@@ -115,6 +116,7 @@ def config_table(configs: Sequence[Config]) -> Table:
             "kNN gain (points)",
             "linear top-1 %",
             "linear floor %",
+            "linear gain (points)",
             "images/s",
         ],
         rows,
