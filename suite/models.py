@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import difflib
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 CIFAR_STEM_MAX_SIZE = 64  # cifar_stem=None turns the CIFAR stem on for image_size <= this
 
@@ -56,8 +57,35 @@ def build_backbone(
                 "only (resnet*, resnext*, seresnet*, wide_resnet*); use cifar_stem: null or false"
             )
         apply_cifar_stem(model)
+    for m in model.modules():
+        if type(m) is nn.MaxPool2d:
+            m.__class__ = MaxPool2d  # same module, same state; a faster CPU path without gradients
     dim = getattr(model, "head_hidden_size", None) or model.num_features
     return model, int(dim)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` whose gradient-free CPU forward pools in channels-last memory.
+
+    On the CPU, torch's max pool over an NCHW tensor always computes the argmax indices, and is
+    about 12× slower than its channels-last kernel (a ResNet stem's pool of (128, 64, 32, 32): 60
+    ms vs 5 ms on 2 cores; 16 ms with both layout conversions). Where no gradient flows through the
+    pool (a teacher, feature extraction), the input is pooled in channels-last and the output
+    returned NCHW-contiguous, as the plain layer returns it; the values are the same (a max is
+    exact). With a gradient, on CUDA, or for channels-last input, it is ``nn.MaxPool2d``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and not self.return_indices
+            and not (torch.is_grad_enabled() and x.requires_grad)
+            and x.is_contiguous()
+            and not x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        return super().forward(x)
 
 
 def supports_cifar_stem(model: nn.Module) -> bool:

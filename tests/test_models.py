@@ -91,3 +91,27 @@ def test_mlp_head_layouts():
     assert [type(m) for m in moco] == [nn.Linear, nn.ReLU, nn.Linear]
     assert byol(torch.randn(5, 8)).shape == (5, 4)
     assert moco(torch.randn(5, 8)).shape == (5, 4)
+
+
+def test_backbone_max_pool_gives_the_plain_pools_values_and_gradients_on_every_path():
+    """The stem's pool is suite.models.MaxPool2d (same arguments, no state); without gradients on
+    the CPU it pools in channels-last, and every path equals nn.MaxPool2d exactly: no-grad
+    forward, forward + backward (input gradient), and channels-last input."""
+    from suite.models import MaxPool2d
+
+    model, _ = build_backbone("resnet18", image_size=64, cifar_stem=False)
+    pool = model.maxpool
+    assert type(pool) is MaxPool2d and not list(pool.state_dict())
+    plain = nn.MaxPool2d(pool.kernel_size, pool.stride, pool.padding)
+    x = torch.randn(4, 8, 16, 15).relu()  # ReLU output: ties at zero, as in a ResNet stem
+    with torch.no_grad():
+        fast = pool(x)
+        assert fast.is_contiguous() and torch.equal(fast, plain(x))
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn_like(plain(x))
+    pool(xa).backward(g)
+    plain(xb).backward(g)
+    assert torch.equal(xa.grad, xb.grad)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(pool(cl), plain(cl))

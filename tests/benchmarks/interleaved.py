@@ -4,6 +4,7 @@ Robust to load that drifts during a run (shared machines), unlike two separate m
 
     python tests/benchmarks/interleaved.py bn          # BN layers vs nn.BatchNorm2d, (64,64,32,32)
     python tests/benchmarks/interleaved.py engine 32   # training steps, resnet18, batch 64, 32 px
+    python tests/benchmarks/interleaved.py pool        # resnet18 eval forward, suite vs plain pool
 """
 
 from __future__ import annotations
@@ -79,10 +80,35 @@ def engine(size: int) -> None:
     print(f"{size}px M2T momentum / local teacher  {ratio(mom, loc, 8, 2):.3f}")
 
 
+def pool() -> None:
+    """Gradient-free resnet18 forward with suite.models.MaxPool2d vs nn.MaxPool2d."""
+    from suite.models import build_backbone
+
+    for size, batch in ((64, 128), (96, 128), (224, 32)):
+        fast, _ = build_backbone("resnet18", image_size=size, cifar_stem=False)
+        plain, _ = build_backbone("resnet18", image_size=size, cifar_stem=False)
+        plain.maxpool.__class__ = nn.MaxPool2d
+        x = torch.randn(batch, 3, size, size)
+
+        def fwd(m, x=x):
+            m.eval()
+
+            def run():
+                with torch.no_grad():
+                    m(x)
+
+            return run
+
+        r = ratio(fwd(fast), fwd(plain), 8, 2)
+        print(f"{size}px eval forward, suite / plain max pool  {r:.3f}")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     if sys.argv[1:2] == ["bn"]:
         bn()
+    elif sys.argv[1:2] == ["pool"]:
+        pool()
     elif sys.argv[1:2] == ["engine"]:
         engine(int(sys.argv[2]) if len(sys.argv) > 2 else 32)
     else:
