@@ -146,3 +146,32 @@ def test_report_without_finished_runs_says_so_and_draws_nothing(tmp_path, mlflow
     code, stdout, err = cli("report", str(path), "--out", str(out))
     assert code == 1 and stdout == ""
     assert "has no finished run" in err and not out.exists()
+
+
+def test_a_floor_of_several_fixed_inits_shows_their_spread_beside_it():
+    """With eval.floor_inits = 3 the floor is one number for every seed (its seed spread is 0):
+    the configuration table shows the inits' own spread beside it; a one-init floor does not."""
+    from dataclasses import replace
+
+    from suite.cell import CellConfig, EvalConfig
+    from suite.report import config_table
+    from suite.report.data import Config
+    from suite.runner.plan import PlannedCell
+
+    def table(inits: int, extra: dict[str, float]) -> str:
+        cell = CellConfig(experiment="t", eval=EvalConfig(floor_inits=inits))
+        cells = tuple(
+            PlannedCell(
+                position=i,
+                cell=replace(cell, seed=i),
+                axes={},
+                done=True,
+                metrics={"knn/top1": 0.9 + i / 100, "knn/top1_random_init": 0.8, **extra},
+            )
+            for i in range(2)
+        )
+        return str(config_table([Config("byol", {}, cells)]).rows[0])
+
+    several = table(3, {"knn/top1_random_init_std": 0.013})
+    assert "80.00 ± 0.00 (3 inits, spread 1.30)" in several
+    assert "inits" not in table(1, {})
