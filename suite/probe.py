@@ -306,8 +306,8 @@ def probe_floor(
             bs = max(cell.eval.linear.batch_size, EXTRACT_BATCH)
             with cpu_threads(eval_cpu_threads(device), device):
                 calibrate_bn(fresh, data.eval_batches("train", bs), device, channels_last, dtype)
-        # several inits: each is probed with its own seed too, so no part depends on the cell's
-        probed = cell if cell.eval.floor_inits == 1 else cell.replace(seed=seed)
+        # each init is probed with its own seed (one init: the cell's own, so the same cell)
+        probed = cell.replace(seed=seed)
         runs.append(
             probe_encoder(probed, fresh, data, device, channels_last, dtype, "_random_init")
         )
