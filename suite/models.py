@@ -64,28 +64,72 @@ def build_backbone(
     return model, int(dim)
 
 
-class MaxPool2d(nn.MaxPool2d):
-    """``nn.MaxPool2d`` whose gradient-free CPU forward pools in channels-last memory.
+def _pair(v: int | tuple[int, ...]) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
 
-    On the CPU, torch's max pool over an NCHW tensor always computes the argmax indices, and is
-    about 12× slower than its channels-last kernel (a ResNet stem's pool of (128, 64, 32, 32): 60
-    ms vs 5 ms on 2 cores; 16 ms with both layout conversions). Where no gradient flows through the
-    pool (a teacher, feature extraction), the input is pooled in channels-last and the output
-    returned NCHW-contiguous, as the plain layer returns it; the values are the same (a max is
-    exact). With a gradient, on CUDA, or for channels-last input, it is ``nn.MaxPool2d``.
+
+class _ChannelsLastMaxPool(torch.autograd.Function):
+    """Max pool of an NCHW tensor computed by the channels-last kernel, with its gradient.
+
+    The channels-last kernel returns the same argmax indices as the NCHW one (a flat index into
+    each H×W plane, the first maximum in window order on ties), so the backward is torch's own
+    NCHW max-pool backward with those indices: the values and gradients of ``nn.MaxPool2d``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode):  # type: ignore[override]
+        y, idx = torch.ops.aten.max_pool2d_with_indices(
+            x.contiguous(memory_format=torch.channels_last),
+            kernel,
+            stride,
+            padding,
+            dilation,
+            ceil_mode,
+        )
+        ctx.save_for_backward(x, idx.contiguous())
+        ctx.args = (kernel, stride, padding, dilation, ceil_mode)
+        return y.contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):  # type: ignore[override]
+        x, idx = ctx.saved_tensors
+        dx = torch.ops.aten.max_pool2d_with_indices_backward(dy.contiguous(), x, *ctx.args, idx)
+        return dx, None, None, None, None, None
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` whose CPU forward of an NCHW tensor pools in channels-last memory.
+
+    On the CPU, torch's max pool over an NCHW tensor is many times slower than its channels-last
+    kernel (a ResNet stem's pool of (128, 64, 32, 32): ~45 ms forward vs ~4 ms, ~16 ms with both
+    layout conversions, 2 cores). So an NCHW input is pooled in channels-last and the output
+    returned NCHW-contiguous, as the plain layer returns it. Without a gradient only the values
+    are computed; with one, the channels-last kernel's argmax indices (the NCHW kernel's own) feed
+    torch's NCHW max-pool backward. Values and gradients equal ``nn.MaxPool2d``'s exactly (tested;
+    a max is exact). On CUDA, for channels-last input or with ``return_indices`` it is the plain
+    layer.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         if (
-            x.device.type == "cpu"
-            and x.dim() == 4
-            and not self.return_indices
-            and not (torch.is_grad_enabled() and x.requires_grad)
-            and x.is_contiguous()
-            and not x.is_contiguous(memory_format=torch.channels_last)
+            x.device.type != "cpu"
+            or x.dim() != 4
+            or self.return_indices
+            or not x.is_contiguous()
+            or x.is_contiguous(memory_format=torch.channels_last)
         ):
+            return super().forward(x)
+        if not (torch.is_grad_enabled() and x.requires_grad):
             return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
-        return super().forward(x)
+        return _ChannelsLastMaxPool.apply(
+            x,
+            _pair(self.kernel_size),
+            _pair(self.stride if self.stride is not None else self.kernel_size),
+            _pair(self.padding),
+            _pair(self.dilation),
+            self.ceil_mode,
+        )
 
 
 def supports_cifar_stem(model: nn.Module) -> bool:

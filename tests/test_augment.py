@@ -321,3 +321,36 @@ def test_crop_flip_of_one_image_equals_batched_crop_to_uint8_rounding():
     torch.testing.assert_close(
         view.normalize(one[None]), ops.normalize(one[None].float() / 255, MEAN, STD)
     )
+
+
+def test_to_device_returns_a_cpu_tensor_itself_for_the_cpu():
+    """Parameters drawn on the CPU stay where they are for a CPU batch: the same tensor, no copy;
+    bound elsewhere they are copied with the same values."""
+    t = torch.arange(5)
+    assert ops.to_device(t, torch.device("cpu")) is t
+    assert ops.to_device(t, "cpu") is t
+    moved = ops.to_device(t, "meta")
+    assert moved.device.type == "meta" and moved.shape == t.shape
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_augmentation_on_cuda_never_synchronises_the_host_and_equals_the_cpu_views():
+    """Every photometric op on (jitter, grayscale, blur, solarize): the two views of a CUDA batch
+    are made under torch's sync debug mode set to "error" (a synchronising call raises), and equal
+    the CPU views of the same batch and seed."""
+    spec = dataclasses.replace(
+        view_specs("byol", blur=True)[0], jitter_p=1.0, gray_p=0.5, blur_p=0.5, solarize_p=0.5
+    )
+    aug = TwoViewAugment("byol", 16, MEAN, STD, specs=(spec, spec))
+    x = images(16, 24)
+    on_cpu = aug(x, gen(5))
+    xc = x.cuda()
+    aug(xc, gen(5))  # warm-up: the caching host allocator's first page-locked blocks
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        on_cuda = aug(xc, gen(5))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for a, b in zip(on_cuda, on_cpu, strict=True):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-4)

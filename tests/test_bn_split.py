@@ -137,3 +137,46 @@ def test_float64_input_is_computed_in_float64():
     y = bn(x)
     assert y.dtype == torch.float64
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [3, 12])
+@pytest.mark.parametrize("grad", [True, False])
+def test_native_per_chunk_and_grouped_implementations_both_equal_bn_on_each_chunk(groups, grad):
+    """The two computations behind split BN (torch's kernel per chunk, written into one output,
+    up to PER_CHUNK_MAX_GROUPS groups; the grouped closed form beyond) each equal F.batch_norm on
+    every chunk: outputs, statistics, and with gradients the input, weight and bias gradients."""
+    from suite.bn.functional import chunked_batch_norm, group_batch_norm
+
+    torch.manual_seed(3)
+    x = torch.randn(24, 5, 3, 3) * 2 + 1
+    w = torch.rand(5) + 0.5
+    b = torch.rand(5) - 0.5
+    g = torch.randn_like(x)
+    results = {}
+    for name, fn in (("chunked", chunked_batch_norm), ("grouped", group_batch_norm)):
+        xa, wa, ba = (t.clone().requires_grad_(grad) for t in (x, w, b))
+        with torch.set_grad_enabled(grad):
+            y, mean, var, count = fn(xa, wa, ba, groups, 1e-5)
+        assert count == x.numel() // (5 * groups)
+        if grad:
+            (y * g).sum().backward()
+        results[name] = (y.detach(), mean, var, xa.grad, wa.grad, ba.grad)
+    xr, wr, br = (t.clone().requires_grad_(grad) for t in (x, w, b))
+    with torch.set_grad_enabled(grad):
+        ref = torch.cat([F.batch_norm(c, None, None, wr, br, True) for c in xr.chunk(groups)])
+    if grad:
+        (ref * g).sum().backward()
+    chunks = x.chunk(groups)
+    ref_mean = torch.stack([c.mean(dim=(0, 2, 3)) for c in chunks])
+    ref_var = torch.stack([c.var(dim=(0, 2, 3), unbiased=False) for c in chunks])
+    for name, (y, mean, var, gx, gw, gb) in results.items():
+        torch.testing.assert_close(y, ref.detach(), rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(mean, ref_mean, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(var, ref_var, rtol=1e-4, atol=1e-5, msg=name)
+        assert not mean.requires_grad and not var.requires_grad
+        if grad:
+            torch.testing.assert_close(gx, xr.grad, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(gw, wr.grad, rtol=1e-4, atol=1e-4, msg=name)
+            torch.testing.assert_close(gb, br.grad, rtol=1e-4, atol=1e-4, msg=name)
+        else:
+            assert gx is None and gw is None and gb is None

@@ -94,9 +94,9 @@ def test_mlp_head_layouts():
 
 
 def test_backbone_max_pool_gives_the_plain_pools_values_and_gradients_on_every_path():
-    """The stem's pool is suite.models.MaxPool2d (same arguments, no state); without gradients on
-    the CPU it pools in channels-last, and every path equals nn.MaxPool2d exactly: no-grad
-    forward, forward + backward (input gradient), and channels-last input."""
+    """The stem's pool is suite.models.MaxPool2d (same arguments, no state); on the CPU it pools
+    in channels-last, and every path equals nn.MaxPool2d exactly: no-grad forward, forward +
+    backward (the channels-last kernel's indices route the gradient), channels-last input."""
     from suite.models import MaxPool2d
 
     model, _ = build_backbone("resnet18", image_size=64, cifar_stem=False)
@@ -109,9 +109,36 @@ def test_backbone_max_pool_gives_the_plain_pools_values_and_gradients_on_every_p
         assert fast.is_contiguous() and torch.equal(fast, plain(x))
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     g = torch.randn_like(plain(x))
-    pool(xa).backward(g)
+    out = pool(xa)
+    assert out.grad_fn is not None and "ChannelsLast" in type(out.grad_fn).__name__
+    out.backward(g)
     plain(xb).backward(g)
     assert torch.equal(xa.grad, xb.grad)
     cl = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         assert torch.equal(pool(cl), plain(cl))
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,padding,dilation,ceil_mode",
+    [(3, 2, 1, 1, False), (2, None, 0, 1, False), (3, 2, 1, 1, True), (3, 1, 1, 2, False)],
+)
+def test_max_pool_gradient_on_ties_goes_where_the_plain_pools_goes(
+    kernel, stride, padding, dilation, ceil_mode
+):
+    """Windows full of equal values (small integers, ReLU zeros): the gradient lands on the same
+    element as nn.MaxPool2d's (the first maximum in window order), for strided, padded, dilated
+    and ceil-mode pools; the values are equal too."""
+    from suite.models import MaxPool2d
+
+    args = dict(stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    ours, plain = MaxPool2d(kernel, **args), nn.MaxPool2d(kernel, **args)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, (3, 5, 13, 11), generator=gen).float().relu()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), plain(xb)
+    assert torch.equal(ya, yb)
+    g = torch.randn(yb.shape, generator=gen)
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(xa.grad, xb.grad)

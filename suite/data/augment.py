@@ -110,11 +110,11 @@ def apply_photometric(x: Tensor, spec: ViewSpec, p: PhotoParams, blur_kernel: in
         x = ops.color_jitter(x, p.factors, p.order, p.jitter)
     gray_idx = torch.nonzero(p.gray).flatten()
     if gray_idx.numel():
-        dev_idx = gray_idx.to(x.device, non_blocking=True)
+        dev_idx = ops.to_device(gray_idx, x.device)
         x[dev_idx] = ops.grayscale(x[dev_idx]).expand(-1, 3, -1, -1)
     blur_idx = torch.nonzero(p.blur).flatten()
     if blur_idx.numel():
-        dev_idx = blur_idx.to(x.device, non_blocking=True)
+        dev_idx = ops.to_device(blur_idx, x.device)
         x[dev_idx] = ops.gaussian_blur(x[dev_idx], p.sigma[blur_idx], blur_kernel)
     if bool(p.solarize.any()):
         x = ops.solarize(x, p.solarize, spec.solarize_threshold)

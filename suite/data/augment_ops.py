@@ -17,6 +17,23 @@ from torch import Tensor
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` (per-sample parameters drawn on the CPU) on ``device``, without a host synchronisation.
+
+    A copy from pageable host memory to a CUDA device waits for the device's stream before it
+    starts (CUDA's rule for pageable transfers), so in a training step it would stall the host
+    once per parameter tensor. Bound for CUDA, ``t`` is first copied to page-locked memory (torch's
+    caching host allocator, which keeps the block until the transfer has finished) and transferred
+    asynchronously; on the CPU it is returned as is.
+    """
+    device = torch.device(device)
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def to_float01(x: Tensor) -> Tensor:
     """uint8 ``[0, 255]`` → float32 ``x / 255``; float input is taken to be in ``[0, 1]``."""
     if x.dtype == torch.uint8:
@@ -52,12 +69,11 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None
     reverses the rows of ``C_b`` (``y[..., j] = y[..., S−1−j]``), so it costs nothing.
     """
     b, _, h, w = x.shape
-    # parameters drawn on the CPU: copied without waiting for the device (no host round trip)
-    boxes = boxes.to(x.device, non_blocking=True)
+    boxes = to_device(boxes, x.device)
     rows = crop_weights(boxes[:, 0], boxes[:, 2], h, size)
     cols = crop_weights(boxes[:, 1], boxes[:, 3], w, size)
     if flip is not None:
-        cols = torch.where(flip.to(x.device, non_blocking=True)[:, None, None], cols.flip(1), cols)
+        cols = torch.where(to_device(flip, x.device)[:, None, None], cols.flip(1), cols)
     return rows[:, None] @ x @ cols.transpose(1, 2)[:, None]
 
 
@@ -69,7 +85,7 @@ def grayscale(x: Tensor) -> Tensor:
 
 def _blend(x: Tensor, other: Tensor | None, factor: Tensor) -> Tensor:
     """``clamp(f·x + (1 − f)·other, 0, 1)`` with one factor per sample (``other=None``: 0)."""
-    f = factor.to(x.device, x.dtype).view(-1, 1, 1, 1)
+    f = to_device(factor, x.device).to(x.dtype).view(-1, 1, 1, 1)
     out = x * f
     if other is not None:
         out.add_(other * (1.0 - f))
@@ -106,7 +122,7 @@ def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
     is_r, is_g = v == r, v == g
     h6 = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g)).mul_(inv)
     h6.add_(torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0)))
-    h6.add_(6.0 * factor.to(x.device, x.dtype).view(-1, 1, 1))
+    h6.add_(6.0 * to_device(factor, x.device).to(x.dtype).view(-1, 1, 1))
     n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     k = h6.unsqueeze(-3).add(n).remainder_(6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
@@ -131,7 +147,7 @@ def color_jitter(x: Tensor, factors: Tensor, order: Tensor, apply: Tensor) -> Te
         for op_index, op in enumerate(JITTER_OPS):
             idx = torch.nonzero(apply & (order[:, position] == op_index)).flatten()
             if idx.numel():
-                dev_idx = idx.to(x.device, non_blocking=True)
+                dev_idx = to_device(idx, x.device)
                 x[dev_idx] = op(x[dev_idx], factors[idx, op_index])
     return x
 
@@ -156,7 +172,7 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     pad = kernel_size // 2
     if pad >= min(h, w):
         raise ValueError(f"blur kernel_size={kernel_size} is too large for {h}x{w} images")
-    g = gaussian_kernels(sigma.to(x.device), kernel_size).repeat_interleave(c, dim=0)
+    g = gaussian_kernels(to_device(sigma, x.device), kernel_size).repeat_interleave(c, dim=0)
     planes = x.reshape(1, b * c, h, w)
     planes = F.conv2d(
         F.pad(planes, (0, 0, pad, pad), mode="reflect"), g[:, None, :, None], groups=b * c
@@ -174,14 +190,14 @@ def blur_kernel_size(image_size: int) -> int:
 
 def solarize(x: Tensor, apply: Tensor, threshold: float = 0.5) -> Tensor:
     """``x ↦ 1 − x`` where ``x ≥ threshold``, for the samples with ``apply``."""
-    mask = apply.to(x.device).view(-1, 1, 1, 1) & (x >= threshold)
+    mask = to_device(apply, x.device).view(-1, 1, 1, 1) & (x >= threshold)
     return torch.where(mask, 1.0 - x, x)
 
 
 def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """``(x − μ_c) / σ_c`` per channel."""
-    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1).to(x.device, non_blocking=True)
-    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1).to(x.device, non_blocking=True)
+    m = to_device(torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1), x.device)
+    s = to_device(torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1), x.device)
     return (x - m) / s
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from suite.data import augment_ops
 from suite.data.augment import (
     AUG_ALIASES,
     AUGMENTATIONS,
@@ -265,7 +266,7 @@ class DataBundle:
         if isinstance(self._splits, TensorSplits):
             images, labels = self._tensors["train"]
             for k, idx in enumerate(order):
-                idx = idx.to(self.device, non_blocking=True)
+                idx = augment_ops.to_device(idx, self.device)
                 yield view(images.index_select(0, idx), generator(k)), labels.index_select(0, idx)
             return
         sampler = ItemSampler()
@@ -276,7 +277,7 @@ class DataBundle:
             labels = self._splits.train[1]
             for k, (x, idx) in enumerate(zip(loader, order, strict=True)):
                 x = view(x.to(self.device, non_blocking=True), generator(k))
-                yield x, labels[idx].to(self.device, non_blocking=True)
+                yield x, augment_ops.to_device(labels[idx], self.device)
             return
         sampler.items = [(idx.numpy(), epoch) for idx in order]
         crops = FileLinearCrops(self._splits.train, view, self.seed, LINEAR_STREAM)

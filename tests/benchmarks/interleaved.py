@@ -4,7 +4,8 @@ Robust to load that drifts during a run (shared machines), unlike two separate m
 
     python tests/benchmarks/interleaved.py bn          # BN layers vs nn.BatchNorm2d, (64,64,32,32)
     python tests/benchmarks/interleaved.py engine 32   # training steps, resnet18, batch 64, 32 px
-    python tests/benchmarks/interleaved.py pool        # resnet18 eval forward, suite vs plain pool
+    python tests/benchmarks/interleaved.py engine 64 15  # at 64 px, 15 pairs (default 8)
+    python tests/benchmarks/interleaved.py pool        # max pool: training stem, resnet18 eval
 """
 
 from __future__ import annotations
@@ -66,14 +67,18 @@ def bn() -> None:
     print(f"forward+backward   local_d4     {ratio(fwd_bwd(split), fwd_bwd(plain)):.2f}x plain BN")
 
 
-def engine(size: int) -> None:
+def engine(size: int = 32, pairs: int = 8) -> None:
     import test_bench_engine as e
 
     torch.manual_seed(0)
     suite = e._suite_step(e._cell("byol", size))
-    vs_lightly = ratio(suite, e._lightly_step(size), 8, 2)
-    vs_supervised = ratio(suite, e._supervised_step(size), 8, 2)
+    lightly = e._lightly_step(size)
+    vs_lightly = ratio(suite, lightly, pairs, 2)
+    separate = e._suite_step(e._cell("byol", size), fuse_views=False)
+    separate_vs_lightly = ratio(separate, lightly, pairs, 2)
+    vs_supervised = ratio(suite, e._supervised_step(size), pairs, 2)
     print(f"{size}px suite BYOL / lightly BYOL      {vs_lightly:.2f}")
+    print(f"{size}px  (views forwarded separately)  {separate_vs_lightly:.2f}")
     print(f"{size}px suite BYOL / supervised 2B     {vs_supervised:.2f}")
     mom = e._suite_step(e._cell("m2t", size, "momentum"))
     loc = e._suite_step(e._cell("m2t", size, "local"))
@@ -81,8 +86,19 @@ def engine(size: int) -> None:
 
 
 def pool() -> None:
-    """Gradient-free resnet18 forward with suite.models.MaxPool2d vs nn.MaxPool2d."""
-    from suite.models import build_backbone
+    """suite.models.MaxPool2d vs nn.MaxPool2d: a stem pool's forward + backward (a student's),
+    and a gradient-free resnet18 forward (a teacher's, feature extraction)."""
+    from suite.models import MaxPool2d, build_backbone
+
+    for shape in ((128, 64, 16, 16), (128, 64, 32, 32), (128, 64, 48, 48), (64, 64, 112, 112)):
+        x = torch.randn(shape).relu_().requires_grad_()
+        g = torch.randn(shape[0], shape[1], (shape[2] + 1) // 2, (shape[3] + 1) // 2)
+
+        def train(m, x=x, g=g):
+            return lambda: m(x).backward(g)
+
+        r = ratio(train(MaxPool2d(3, 2, 1)), train(nn.MaxPool2d(3, 2, 1)), 10, 2)
+        print(f"{tuple(shape)} pool forward+backward, suite / plain  {r:.3f}")
 
     for size, batch in ((64, 128), (96, 128), (224, 32)):
         fast, _ = build_backbone("resnet18", image_size=size, cifar_stem=False)
@@ -110,6 +126,6 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["pool"]:
         pool()
     elif sys.argv[1:2] == ["engine"]:
-        engine(int(sys.argv[2]) if len(sys.argv) > 2 else 32)
+        engine(*(int(a) for a in sys.argv[2:4]))
     else:
         raise SystemExit(__doc__)

@@ -34,8 +34,9 @@ def _views(size):
     )
 
 
-def _suite_step(cell):
+def _suite_step(cell, fuse_views=True):
     method = build_method(cell, total_steps=10**6, num_ssl_samples=10**6).train()
+    method.fuse_views = fuse_views
     opt = torch.optim.SGD(method.student_parameters(), lr=0.01, momentum=0.9)
     v1, v2 = _views(cell.dataset.image_size)
     state = {"k": 0}
