@@ -400,3 +400,57 @@ def test_registry_builds_the_named_class():
 
 
 # DDP == emulated devices (every method and BN pair, 10 steps): tests/test_emulation_equals_ddp.py
+
+
+@pytest.mark.parametrize(
+    ("method", "student_bn", "teacher_bn"),
+    [
+        ("byol", "local", "local"),
+        ("byol", "sync", "sync"),
+        ("m2t", "local", "momentum"),
+        ("mocov2", "local", "shuffle"),
+    ],
+)
+def test_channels_last_stem_equals_the_nchw_stem_under_every_bn_strategy(
+    method, student_bn, teacher_bn
+):
+    """A max-pool stem runs channels-last on the CPU (suite.models); through every strategy's BN
+    layers on two emulated devices, two training steps give the losses, student gradients,
+    teacher parameters and BN buffers (MomentumBN's history included) of the same method without
+    the stem hook, up to float rounding."""
+    cell = make_cell(method, student_bn=student_bn, teacher_bn=teacher_bn, devices=2).replace(
+        cifar_stem=False
+    )
+    torch.manual_seed(0)
+    ours = build_method(cell, total_steps=4, num_ssl_samples=100)
+    plain = copy.deepcopy(ours)
+    for backbone in (plain.student.encoder.backbone, plain.teacher.backbone):
+        assert backbone._forward_pre_hooks  # the hook is there to be removed
+        backbone._forward_pre_hooks.clear()
+    opts = [torch.optim.SGD(m.student_parameters(), lr=0.1) for m in (ours, plain)]
+    g = torch.Generator().manual_seed(2)
+    for step in range(2):
+        x1, x2 = (torch.randn(BATCH, 3, 16, 16, generator=g) for _ in range(2))
+        losses = []
+        for m, opt in zip((ours, plain), opts, strict=True):
+            torch.manual_seed(step)  # ShuffleBN draws its permutation from the global generator
+            loss, _ = m.training_step(x1, x2, step)
+            opt.zero_grad()
+            loss.backward()
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[0], losses[1], **REORDERED)
+        for (n, pa), pb in zip(
+            ours.student.named_parameters(), plain.student.parameters(), strict=True
+        ):
+            # rounding, relative to the whole gradient (an element near zero has no relative size;
+            # a bias before BN has a zero gradient made of rounding only: the 1e-6 floor)
+            assert (pa.grad - pb.grad).norm() <= 1e-4 * pb.grad.norm() + 1e-6, n
+        for opt in opts:
+            opt.step()
+        theirs = plain.state_dict()
+        for n, a in ours.state_dict().items():
+            if a.is_floating_point():
+                assert (a - theirs[n]).norm() <= 1e-4 * theirs[n].norm() + 1e-6, n
+            else:
+                assert torch.equal(a, theirs[n]), n
+        plain.load_state_dict(ours.state_dict())  # rounding must not grow through the steps

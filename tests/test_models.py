@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -142,3 +144,57 @@ def test_max_pool_gradient_on_ties_goes_where_the_plain_pools_goes(
     ya.backward(g)
     yb.backward(g)
     assert torch.equal(xa.grad, xb.grad)
+
+
+def _without_stem_hook(model):
+    plain = copy.deepcopy(model)
+    plain._forward_pre_hooks.clear()
+    return plain
+
+
+@pytest.mark.parametrize("name", ["resnet18", "test_resnet"])
+def test_resnet_stem_runs_channels_last_on_the_cpu_and_the_stages_after_it_nchw(name):
+    """With a max-pool stem, the stem's convolution output is channels-last and the first
+    stage's input NCHW-contiguous; outputs, input gradients and every parameter gradient equal
+    the NCHW model's (the same model without the hook) up to float rounding, in training and in
+    eval mode."""
+    model, _ = build_backbone(name, image_size=32, cifar_stem=False)
+    plain = _without_stem_hook(model)
+    seen = {}
+    first_conv = model.conv1 if isinstance(model.conv1, nn.Conv2d) else model.conv1[0]
+    first_conv.register_forward_hook(
+        lambda m, a, out: seen.update(stem=out.is_contiguous(memory_format=torch.channels_last))
+    )
+    model.layer1.register_forward_pre_hook(lambda m, a: seen.update(stage=a[0].is_contiguous()))
+    x = torch.randn(6, 3, 32, 32)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = model(xa), plain(xb)
+    assert seen == {"stem": True, "stage": True}
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-4)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
+    for (n, pa), pb in zip(model.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-3, atol=1e-4, msg=n)
+    for (n, ba), bb in zip(model.named_buffers(), plain.buffers(), strict=True):
+        torch.testing.assert_close(ba, bb, rtol=1e-4, atol=1e-5, msg=n)
+    model.eval()
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_stem_leaves_channels_last_models_and_cifar_stems_alone():
+    """A model the caller converted to channels-last keeps it after the stem (the pool is the
+    plain layer there); a CIFAR stem has no max pool and no hook."""
+    model, _ = build_backbone("resnet18", image_size=32, cifar_stem=False)
+    model = model.to(memory_format=torch.channels_last)
+    seen = {}
+    model.layer1.register_forward_pre_hook(
+        lambda m, a: seen.update(cl=a[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    model(torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    assert seen == {"cl": True}
+    cifar, _ = build_backbone("resnet18", image_size=32, cifar_stem=True)
+    assert not cifar._forward_pre_hooks
