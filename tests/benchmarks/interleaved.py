@@ -5,7 +5,7 @@ Robust to load that drifts during a run (shared machines), unlike two separate m
     python tests/benchmarks/interleaved.py bn          # BN layers vs nn.BatchNorm2d, (64,64,32,32)
     python tests/benchmarks/interleaved.py engine 32   # training steps, resnet18, batch 64, 32 px
     python tests/benchmarks/interleaved.py engine 64 15  # at 64 px, 15 pairs (default 8)
-    python tests/benchmarks/interleaved.py pool        # max pool: training stem, resnet18 eval
+    python tests/benchmarks/interleaved.py pool        # max pool; resnet18 eval forward vs timm's
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def engine(size: int = 32, pairs: int = 8) -> None:
 
 
 def pool() -> None:
-    """suite.models.MaxPool2d vs nn.MaxPool2d: a stem pool's forward + backward (a student's),
-    and a gradient-free resnet18 forward (a teacher's, feature extraction)."""
+    """suite.models.MaxPool2d vs nn.MaxPool2d: a stem pool's forward + backward (a student's);
+    the suite's resnet18 (channels-last stem and pool) vs timm's: a gradient-free forward (a
+    teacher's, feature extraction)."""
     from suite.models import MaxPool2d, build_backbone
 
     for shape in ((128, 64, 16, 16), (128, 64, 32, 32), (128, 64, 48, 48), (64, 64, 112, 112)):
@@ -100,10 +101,12 @@ def pool() -> None:
         r = ratio(train(MaxPool2d(3, 2, 1)), train(nn.MaxPool2d(3, 2, 1)), 10, 2)
         print(f"{tuple(shape)} pool forward+backward, suite / plain  {r:.3f}")
 
+    import timm
+
     for size, batch in ((64, 128), (96, 128), (224, 32)):
+        # ours: channels-last stem and pool; plain: timm's resnet18 as timm builds it
         fast, _ = build_backbone("resnet18", image_size=size, cifar_stem=False)
-        plain, _ = build_backbone("resnet18", image_size=size, cifar_stem=False)
-        plain.maxpool.__class__ = nn.MaxPool2d
+        plain = timm.create_model("resnet18", pretrained=False, num_classes=0)
         x = torch.randn(batch, 3, size, size)
 
         def fwd(m, x=x):
@@ -116,7 +119,7 @@ def pool() -> None:
             return run
 
         r = ratio(fwd(fast), fwd(plain), 8, 2)
-        print(f"{size}px eval forward, suite / plain max pool  {r:.3f}")
+        print(f"{size}px eval forward, suite / timm resnet18  {r:.3f}")
 
 
 if __name__ == "__main__":
