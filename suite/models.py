@@ -141,7 +141,7 @@ class MaxPool2d(nn.MaxPool2d):
         return _ChannelsLastMaxPool.apply(
             x,
             _pair(self.kernel_size),
-            _pair(self.stride if self.stride is not None else self.kernel_size),
+            _pair(self.stride),  # nn.MaxPool2d stores kernel_size for stride=None
             _pair(self.padding),
             _pair(self.dilation),
             self.ceil_mode,

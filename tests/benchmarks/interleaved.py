@@ -82,7 +82,7 @@ def engine(size: int = 32, pairs: int = 8) -> None:
     print(f"{size}px suite BYOL / supervised 2B     {vs_supervised:.2f}")
     mom = e._suite_step(e._cell("m2t", size, "momentum"))
     loc = e._suite_step(e._cell("m2t", size, "local"))
-    print(f"{size}px M2T momentum / local teacher  {ratio(mom, loc, 8, 2):.3f}")
+    print(f"{size}px M2T momentum / local teacher  {ratio(mom, loc, pairs, 2):.3f}")
 
 
 def pool() -> None:

@@ -57,7 +57,7 @@ def _lightly_step(size):
     from lightly.models.utils import deactivate_requires_grad, update_momentum
 
     # the backbone as a lightly user builds it: timm's resnet18 (build_backbone's model, without
-    # the suite's own layer choices such as its gradient-free CPU max pool)
+    # the suite's own CPU layer choices: its channels-last stem and max pool)
     backbone = timm.create_model("resnet18", pretrained=False, num_classes=0)
     dim = backbone.num_features
     projector = lightly_modules.BYOLProjectionHead(dim, 4096, 256)
