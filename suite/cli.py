@@ -232,8 +232,11 @@ def add_check(sub: Any) -> None:
         "check",
         help="judge the recorded runs of an experiment against its baselines (exit 0/1/2)",
         description="Read the latest FINISHED run of each cell and judge every entry and "
-        "relation of the baselines: pass, FAIL or missing. Exit 0 when all pass, 1 on a FAIL or "
-        "a missing run (unless --allow-missing), 2 on a usage, baseline or tracking error.",
+        "relation of the baselines with a statistical test: reproduced / pass / holds, FAIL / "
+        "contradicted, inconclusive, missing, or reference (shown, not judged). Exit 0 when "
+        "nothing FAILed or is missing, 1 on a FAIL, a contradiction or a missing run (unless "
+        "--allow-missing; with --strict also on an inconclusive verdict), 2 on a usage, "
+        "baseline or tracking error.",
     )
     _add_experiment_arguments(p)
     p.add_argument(
@@ -249,6 +252,11 @@ def add_check(sub: Any) -> None:
         action="store_true",
         help="judge on the cells that have finished runs; missing ones do not fail the check",
     )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="an inconclusive verdict also exits 1 (for a positive reproduction)",
+    )
     w = p.add_argument_group("writing a baseline (an explicit step: thresholds from measured runs)")
     w.add_argument(
         "--write-baseline",
@@ -262,18 +270,20 @@ def add_check(sub: Any) -> None:
         help="metric to write (repeatable; default: knn/top1_gain and knn/top1)",
     )
     w.add_argument(
-        "--tolerance-k",
-        type=float,
-        default=3.0,
-        metavar="K",
-        help="tolerance = max(floor, K x std over seeds) (default 3)",
+        "--new-runs",
+        type=int,
+        default=1,
+        metavar="M",
+        help="seeds per cell the gate's check will judge (for the power the file states; "
+        "default 1)",
     )
     w.add_argument(
-        "--tolerance-floor",
+        "--false-alarm",
         type=float,
-        metavar="X",
-        help="the floor, in the metric's logged unit (default 0.01 for accuracies, 10%% of the "
-        "mean for other metrics)",
+        default=0.02,
+        metavar="RATE",
+        help="family-wise false-alarm rate of the written gate for one fresh correct run, split "
+        "over its entries (default 0.02)",
     )
     p.set_defaults(handler=cmd_check)
 
@@ -293,9 +303,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             ValueError("--write-baseline FILE checks the file it writes; leave out --baseline"),
             "check",
         )
-    if args.tolerance_k <= 0 or (args.tolerance_floor is not None and args.tolerance_floor < 0):
+    if args.new_runs < 1:
+        return usage_error(ValueError(f"--new-runs: {args.new_runs} is not >= 1"), "check")
+    if not 0 < args.false_alarm <= 0.5:
         return usage_error(
-            ValueError("--tolerance-k must be > 0 and --tolerance-floor >= 0"), "check"
+            ValueError(f"--false-alarm: {args.false_alarm:g} is not a rate in (0, 0.5]"), "check"
         )
     try:
         experiment = _read_experiment(args)
@@ -312,20 +324,108 @@ def cmd_check(args: argparse.Namespace) -> int:
                 args.write_baseline,
                 plan,
                 metrics=args.metric or DEFAULT_METRICS,
-                rule=Rule(args.tolerance_k, args.tolerance_floor),
+                rule=Rule(args.false_alarm, args.new_runs),
                 command=command,
             )
             for warning in warnings:
                 print(f"bnsuite check: warning: {warning}", file=sys.stderr)
             print(f"wrote {args.write_baseline}", file=sys.stderr)
             baselines = baselines_for(plan.name, [Path(args.write_baseline)], explicit=True)
-        result = check_plan(plan, baselines, allow_missing=args.allow_missing)
+        result = check_plan(plan, baselines, allow_missing=args.allow_missing, strict=args.strict)
     except (ConfigError, TrackingError, ValueError) as exc:
         return usage_error(exc, "check")
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
         print(render_check(result))
+    return result.exit_code
+
+
+# -- compare -------------------------------------------------------------------------------------
+def add_compare(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare two sets of runs of an experiment, configuration by configuration (exit "
+        "0/1/2)",
+        description="Compare side B with side A: two tracking stores (--a, --b), or one store "
+        "at two git commits (--a-commit, --b-commit: the run tag mlflow.source.git.commit, by "
+        "prefix). For each configuration (cells that differ only in their seed) and metric: "
+        "mean B - mean A with its 95 % CI and a two-sided t-test (paired by seed when both "
+        "sides ran the same seeds, else Welch), the Mann-Whitney U p beside it on unpaired "
+        "rows, and better / same / worse from the t-test p. Exit 1 when a row is significantly "
+        "worse beyond --factor, else 0; 2 on a usage, experiment or tracking error.",
+    )
+    _add_experiment_arguments(p)
+    for side in ("a", "b"):
+        p.add_argument(
+            f"--{side}",
+            metavar="URI",
+            help=f"side {side.upper()}'s tracking store (default: --tracking-uri, else "
+            "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+        )
+        p.add_argument(
+            f"--{side}-commit",
+            metavar="SHA",
+            help=f"side {side.upper()} reads, per cell, the latest FINISHED run of this git "
+            "commit (a prefix of the hash)",
+        )
+    p.add_argument(
+        "--metric",
+        action="append",
+        type=_metric,
+        help="metric to compare (repeatable; default: linear/top1, knn/top1, their _gain, "
+        "train/loss_final and images_per_s, those that a run carries)",
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.05, help="significance level per row (default 0.05)"
+    )
+    p.add_argument(
+        "--factor",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="exit 1 only for a significant worsening beyond F: mean B < mean A / F where "
+        "higher is better, > mean A * F where lower is (default 1: any)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from suite.check.compare import compare_plans, read_side, render_comparison
+    from suite.config import ConfigError
+    from suite.tracking import TrackingError, resolve_tracking_uri
+
+    uri_a = resolve_tracking_uri(args.a or args.tracking_uri)
+    uri_b = resolve_tracking_uri(args.b or args.tracking_uri)
+    if (uri_a, args.a_commit) == (uri_b, args.b_commit):
+        return usage_error(
+            ValueError(
+                f"both sides are the same runs ({uri_a}); give two stores (--a, --b) or two "
+                "commits (--a-commit, --b-commit)"
+            ),
+            "compare",
+        )
+    try:
+        experiment = _read_experiment(args)
+        plan_a = read_side(experiment, uri_a, args.a_commit)
+        plan_b = read_side(experiment, uri_b, args.b_commit)
+        result = compare_plans(
+            plan_a,
+            plan_b,
+            metrics=args.metric,
+            alpha=args.alpha,
+            factor=args.factor,
+            commits=(args.a_commit, args.b_commit),
+        )
+    except (ConfigError, TrackingError, ValueError) as exc:
+        return usage_error(exc, "compare")
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        print(render_comparison(result))
     return result.exit_code
 
 
@@ -497,6 +597,7 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
     add_run,
     add_plan,
     add_check,
+    add_compare,
     add_report,
     add_bench,
     add_cell,

@@ -34,6 +34,7 @@ whose number is not known: it is reported, never judged. Every problem is report
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,7 +48,21 @@ from suite.config.loader import parse_yaml
 from suite.config.schema import CELL, INVALID, Layer, read_layer
 
 TOP_KEYS = ("description", "experiments")
-SECTION_KEYS = ("unit", "metric", "source", "protocol", "note", "entries", "relations")
+#: the section's defaults for its entries (and relations: unit, metric, source, alpha)
+NOISE_KEYS = ("sd", "sd_df", "sd_source", "ref_sd", "ref_n", "ref_sd_source")
+SECTION_KEYS = (
+    "unit",
+    "metric",
+    "source",
+    "protocol",
+    "note",
+    "alpha",
+    "pool_sd",
+    "false_alarm",
+    *NOISE_KEYS,
+    "entries",
+    "relations",
+)
 ENTRY_KEYS = (
     "name",
     "match",
@@ -63,13 +78,51 @@ ENTRY_KEYS = (
     "note",
     "measured",
     "reference",
+    "kind",
+    "source_metric",
+    *NOISE_KEYS,
 )
-RELATION_KEYS = ("name", "relation", "metric", "unit", "match", "groups", "source", "note")
+RELATION_KEYS = (
+    "name",
+    "relation",
+    "metric",
+    "unit",
+    "match",
+    "groups",
+    "margin",
+    "source",
+    "note",
+)
 SIDES = ("both", "lower", "upper")
+#: what an entry claims, and so how it is judged (suite.check.judge)
+KINDS = ("equivalence", "bound", "regression", "reference")
+DEFAULT_ALPHA = 0.05
+DEFAULT_FALSE_ALARM = 0.02
 
 
 class BaselineError(ConfigError):
     """A baseline file that cannot be used; ``errors`` holds every problem, one line each."""
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """What a baseline states about noise (in the entry's unit).
+
+    ``sd``: the measurement's per-seed sd, when it is not estimated from the seeds (one seed, or
+    an sd known from elsewhere), with its degrees of freedom ``sd_df`` (None: taken as known)
+    and ``sd_source``. ``ref_sd``: the sd of the compared number's own runs — a paper number is
+    one run with its own seed noise; ``"measured"`` (the default for ``expected ± tolerance``)
+    assumes the measured per-seed sd; ``ref_n`` runs (1: a single run). ``pool``: the
+    measurement's sd pooled over the section's entries of the same metric (arms of one design).
+    """
+
+    sd: float | None = None
+    sd_df: float | None = None
+    sd_source: str = ""
+    ref_sd: float | str | None = None
+    ref_n: float = 1.0
+    ref_sd_source: str = ""
+    pool: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,11 +145,28 @@ class Entry:
     note: str = ""
     measured: dict[str, Any] = field(default_factory=dict)
     reference: float | None = None  # a number shown beside the measurement, never judged
+    kind: str = "equivalence"
+    noise: NoiseSpec = field(default_factory=lambda: NoiseSpec())
+    source_metric: str = ""  # the metric the source's number is (e.g. best-of-evaluations)
+    alpha: float = DEFAULT_ALPHA
 
     @property
     def judged(self) -> bool:
-        """False for a claim kept without a number (``expected: null`` and no bounds)."""
-        return self.expected is not None or self.minimum is not None or self.maximum is not None
+        """False for a reference: shown beside the measurement, never judged."""
+        return self.kind != "reference"
+
+    @property
+    def compared_to(self) -> float | None:
+        """The number the measurement is compared with: ``expected``, or a reference's
+        ``reference`` number."""
+        if self.kind == "reference" and self.reference is not None:
+            return self.reference
+        return self.expected
+
+    @property
+    def protocol_differs(self) -> bool:
+        """The source's number is another metric than the one measured (not like with like)."""
+        return bool(self.source_metric) and self.source_metric != self.metric
 
     def bounds(self) -> tuple[float | None, float | None]:
         """The interval the mean must lie in (either end may be open)."""
@@ -124,6 +194,9 @@ class RelationSpec:
     group_text: dict[str, str]
     source: str = ""
     note: str = ""
+    margin: float | None = None  # for ``~=``: the equivalence margin
+    alpha: float = DEFAULT_ALPHA
+    noise: NoiseSpec = field(default_factory=lambda: NoiseSpec())  # ``sd`` for one-seed groups
 
 
 @dataclass(frozen=True)
@@ -134,6 +207,8 @@ class Baseline:
     experiment: str
     entries: tuple[Entry, ...]
     relations: tuple[RelationSpec, ...]
+    false_alarm: float = DEFAULT_FALSE_ALARM  # family-wise, over the regression entries
+    pool_sd: bool = False  # arms of one design: pooled sd for entries, block residual for pairs
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -183,6 +258,9 @@ def _number(value: Any, path: str, errors: list[str], *, minimum: float | None =
     if isinstance(value, bool) or not isinstance(value, int | float):
         errors.append(f"{path}: {show(value)} is not a number")
         return None
+    if not math.isfinite(value):
+        errors.append(f"{path}: {show(value)} is not a finite number")
+        return None
     if minimum is not None and value < minimum:
         errors.append(f"{path}: {value!r} is below {minimum:g}")
         return None
@@ -202,6 +280,16 @@ def _section(file: str, name: str, raw: Any, errors: list[str]) -> Baseline:
     defaults = {k: raw.get(k) for k in ("unit", "metric", "source", "protocol", "note")}
     if defaults["metric"] is not None:
         defaults["metric"] = _checked(m.check_metric, defaults["metric"], f"{path}.metric", errors)
+    defaults["alpha"] = _probability(raw.get("alpha"), f"{path}.alpha", errors) or DEFAULT_ALPHA
+    false_alarm = (
+        _probability(raw.get("false_alarm"), f"{path}.false_alarm", errors) or DEFAULT_FALSE_ALARM
+    )
+    pool = raw.get("pool_sd", False)
+    if not isinstance(pool, bool):
+        errors.append(f"{path}.pool_sd: {show(pool)} is not true or false")
+        pool = False
+    defaults["pool_sd"] = pool
+    defaults.update({k: raw[k] for k in NOISE_KEYS if k in raw})
     entries, relations = raw.get("entries") or [], raw.get("relations") or []
     if not isinstance(entries, list):
         errors.append(f"{path}.entries: {show(entries)} is not a list of entries")
@@ -224,7 +312,91 @@ def _section(file: str, name: str, raw: Any, errors: list[str]) -> Baseline:
             for i, item in enumerate(relations)
             if (r := _relation(file, f"{path}.relations[{i}]", item, defaults, errors)) is not None
         ),
+        false_alarm,
+        pool,
     )
+
+
+def _probability(value: Any, path: str, errors: list[str]) -> float | None:
+    """A level such as ``alpha`` or ``false_alarm``: a number in (0, 0.5]; None when absent."""
+    number = _number(value, path, errors)
+    if number is not None and not 0 < number <= 0.5:
+        errors.append(f"{path}: {number:g} is not a level in (0, 0.5] (e.g. 0.05)")
+        return None
+    return number
+
+
+def _noise(raw: Mapping[str, Any], path: str, defaults: Mapping[str, Any], errors: list[str]):
+    """The entry's :class:`NoiseSpec`: its own keys, else the section's."""
+
+    def get(key: str) -> tuple[Any, str]:
+        where = f"{path}.{key}" if key in raw else f"{path} (the section's {key})"
+        return raw.get(key, defaults.get(key)), where
+
+    sd, where = get("sd")
+    sd = _number(sd, where, errors, minimum=0)
+    sd_df, where = get("sd_df")
+    sd_df = _number(sd_df, where, errors, minimum=1)
+    ref_sd, where = get("ref_sd")
+    if ref_sd != "measured":
+        if isinstance(ref_sd, str):
+            errors.append(f"{where}: {show(ref_sd)} is not a number or 'measured'")
+            ref_sd = None
+        else:
+            ref_sd = _number(ref_sd, where, errors, minimum=0)
+    ref_n, where = get("ref_n")
+    ref_n = _number(ref_n, where, errors, minimum=1)
+    sources = {k: _text(get(k)[0], get(k)[1], errors) for k in ("sd_source", "ref_sd_source")}
+    return NoiseSpec(
+        sd=sd,
+        sd_df=sd_df,
+        sd_source=sources["sd_source"],
+        ref_sd=ref_sd,
+        ref_n=ref_n or 1.0,
+        ref_sd_source=sources["ref_sd_source"],
+        pool=bool(defaults.get("pool_sd", False)),
+    )
+
+
+def _kind(raw: Mapping[str, Any], values: Mapping[str, Any], path: str, errors: list[str]) -> str:
+    """The entry's kind as written, else what its numbers say: no number -> reference;
+    ``expected ± tolerance`` on both sides -> equivalence; a side or min/max -> bound.
+    ``regression`` (a threshold for one new run, from measured seeds) is only ever written."""
+    expected, tolerance, lo, hi, side = (
+        values[k] for k in ("expected", "tolerance", "min", "max", "side")
+    )
+    kind = raw.get("kind")
+    if kind is None:
+        if expected is None and lo is None and hi is None:
+            return "reference"
+        if side == "both" and lo is None and hi is None:
+            return "equivalence"
+        return "bound"
+    if kind not in KINDS:
+        errors.append(
+            f"{path}.kind: {show(kind)} is invalid; choose from {', '.join(KINDS)}"
+            + suggest(kind, KINDS)
+        )
+        return "reference"
+    if kind == "equivalence" and (expected is None or tolerance is None or side != "both"):
+        errors.append(f"{path}: kind equivalence needs expected and tolerance with side both")
+    if kind == "bound" and lo is None and hi is None and (expected is None or side == "both"):
+        errors.append(f"{path}: kind bound needs min / max, or expected and tolerance with a side")
+    if kind == "regression":
+        measured = raw.get("measured") or {}
+        n, mean, std = (measured.get(k) for k in ("n", "mean", "std"))
+        numbers = [
+            _number(v, f"{path}.measured.{k}", errors)
+            for k, v in (("n", n), ("mean", mean), ("std", std))
+        ]
+        if any(v is None for v in numbers) or numbers[0] < 2 or numbers[2] < 0:
+            errors.append(
+                f"{path}.measured: kind regression needs n >= 2, mean and std >= 0 of the "
+                "baseline's runs (write it with --write-baseline)"
+            )
+        if side not in ("lower", "upper"):
+            errors.append(f"{path}.side: kind regression needs side lower or upper")
+    return kind
 
 
 def _checked(check, value: Any, path: str, errors: list[str]) -> Any:
@@ -306,11 +478,19 @@ def _entry(
     side = raw.get("side", "both")
     if side not in SIDES:
         errors.append(f"{path}.side: {show(side)} is invalid; choose from {', '.join(SIDES)}")
-    if "expected" not in raw and minimum is None and maximum is None:
-        errors.append(f"{path}: nothing to check; give expected and tolerance, or min / max")
-    if expected is not None and tolerance is None:
-        errors.append(f"{path}.tolerance: missing; expected {expected:g} needs a tolerance")
-    if tolerance is not None and expected is None and "expected" in raw:
+    given = {k: raw.get(k) is not None for k in ("expected", "tolerance", "min", "max")}
+    if not (
+        "expected" in raw or given["min"] or given["max"] or "reference" in raw or "kind" in raw
+    ):
+        errors.append(
+            f"{path}: nothing to check; give expected and tolerance, or min / max, or a "
+            "reference (a number shown beside the measurement, not judged)"
+        )
+    if given["expected"] and not given["tolerance"] and raw.get("kind") != "regression":
+        errors.append(
+            f"{path}.tolerance: missing; expected {show(raw['expected'])} needs a tolerance"
+        )
+    if given["tolerance"] and "expected" in raw and not given["expected"]:
         errors.append(f"{path}.tolerance: given, but expected is null")
     if minimum is not None and maximum is not None and minimum > maximum:
         errors.append(f"{path}: min {minimum:g} > max {maximum:g}")
@@ -318,6 +498,14 @@ def _entry(
     if not isinstance(measured, Mapping):
         errors.append(f"{path}.measured: {show(measured)} is not a mapping")
         measured = {}
+    values = {"expected": expected, "tolerance": tolerance, "min": minimum, "max": maximum}
+    kind = _kind(raw, {**values, "side": side}, path, errors)
+    noise = _noise(raw, path, defaults, errors)
+    source_metric = ""
+    if raw.get("source_metric") is not None:
+        source_metric = (
+            _checked(m.check_metric, raw["source_metric"], f"{path}.source_metric", errors) or ""
+        )
     if len(errors) > before:
         return None
     return Entry(
@@ -337,6 +525,10 @@ def _entry(
         note=_text(raw.get("note"), f"{path}.note", errors),
         measured=dict(measured),
         reference=reference,
+        kind=kind,
+        noise=noise,
+        source_metric=source_metric,
+        alpha=defaults.get("alpha") or DEFAULT_ALPHA,
     )
 
 
@@ -361,6 +553,14 @@ def _relation(
         errors.append(f"{path}.relation: {exc}")
         return None
     metric, unit = _metric_and_unit(raw, path, defaults, errors)
+    margin = _number(raw.get("margin"), f"{path}.margin", errors, minimum=0)
+    if relation.op == "~=" and margin is None and "margin" not in raw:
+        errors.append(
+            f"{path}.margin: missing; {relation.text!r} (~=) needs the margin within "
+            "which the two sides count as equal"
+        )
+    if relation.op != "~=" and "margin" in raw:
+        errors.append(f"{path}.margin: only a ~= relation has a margin (this one is {relation.op})")
     common, common_text = read_match(raw.get("match"), f"{path}.match", errors)
     named = raw.get("groups") or {}
     if not isinstance(named, Mapping):
@@ -398,6 +598,9 @@ def _relation(
         group_text=texts,
         source=_text(raw.get("source", defaults.get("source")), f"{path}.source", errors),
         note=_text(raw.get("note"), f"{path}.note", errors),
+        margin=margin,
+        alpha=defaults.get("alpha") or DEFAULT_ALPHA,
+        noise=_noise({}, path, defaults, errors),
     )
 
 

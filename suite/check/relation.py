@@ -1,16 +1,20 @@
 """Relations between groups of cells, parsed without ``eval``.
 
-A relation compares two arithmetic expressions over *group means* (a group's metric averaged over
-the cells it selects, seeds included), in the baseline file's unit::
+A relation compares two arithmetic expressions over groups of cells (a group's metric, per seed
+or averaged over the cells it selects), in the baseline file's unit::
 
-    local/momentum >= sync/sync - 0.5          # MomentumBN teacher within 0.5 points of SyncBN
-    local/local < sync/sync                     # per-device BN hurts BYOL
+    local/local < sync/sync - 2                 # per-device BN costs BYOL more than 2 points
+    local/momentum ~= sync/sync                 # within ``margin`` of each other (equivalence)
     local/momentum >= 0.97 * local/local        # a throughput ratio (metric images_per_s)
     m2t_b32 >= byol_b512 - 1                    # named groups, defined in the relation's ``groups``
 
+The judge (:mod:`suite.check.judge`) tests the *contrast* ``left − right``: below zero for
+``<``/``<=``, above zero for ``>``/``>=`` (one-sided tests; ``<`` and ``<=`` are the same claim
+about a continuous quantity), inside ``±margin`` for ``~=`` (two one-sided tests).
+
 Grammar (whitespace is free)::
 
-    relation := expr OP expr          OP := '<' | '<=' | '>' | '>=' | '=='
+    relation := expr OP expr          OP := '<' | '<=' | '>' | '>=' | '~='
     expr     := term (('+' | '-') term)*
     term     := factor (('*' | '/') factor)*
     factor   := NUMBER | GROUP | '(' expr ')' | '-' factor
@@ -18,7 +22,7 @@ Grammar (whitespace is free)::
               | NAME                  (a key of the relation's ``groups`` mapping)
 
 A ``/`` between two strategy names is a pair, never a division (write ``(a) / (b)`` to divide by
-a group called like a strategy). ``==`` holds when the sides differ by at most 1e-9.
+a group called like a strategy).
 """
 
 from __future__ import annotations
@@ -34,15 +38,17 @@ from suite.config.errors import suggest
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
     ">=": operator.ge,
-    "==": lambda a, b: abs(a - b) <= 1e-9,
+    "~=": operator.eq,  # judged against the relation's margin, never as exact equality
     "<": operator.lt,
     ">": operator.gt,
 }
+#: the direction a relation claims for its contrast ``left − right``
+DIRECTIONS = {"<": "<", "<=": "<", ">": ">", ">=": ">", "~=": "~"}
 _TOKEN = re.compile(
     r"\s*(?:(?P<number>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"
     r"|(?P<pair>[A-Za-z_]\w*/[A-Za-z_]\w*)"
     r"|(?P<name>[A-Za-z_]\w*)"
-    r"|(?P<op><=|>=|==|<|>)"
+    r"|(?P<op><=|>=|~=|<|>)"
     r"|(?P<punct>[-+*/()]))"
 )
 
@@ -96,10 +102,31 @@ class Relation:
                 seen.setdefault(g.name, g)
         return list(seen.values())
 
-    def evaluate(self, means: Mapping[str, float]) -> tuple[float, float, bool]:
-        """``(left value, right value, holds)`` with each group replaced by ``means[name]``."""
-        lhs, rhs = value(self.left, means), value(self.right, means)
-        return lhs, rhs, OPERATORS[self.op](lhs, rhs)
+    @property
+    def direction(self) -> str:
+        """``<`` or ``>`` (the contrast's claimed sign), ``~`` (equal within a margin)."""
+        return DIRECTIONS[self.op]
+
+    def sides(self, means: Mapping[str, float]) -> tuple[float, float]:
+        """``(left value, right value)`` with each group replaced by ``means[name]``."""
+        return value(self.left, means), value(self.right, means)
+
+    def contrast(self, means: Mapping[str, float]) -> float:
+        """``left − right`` with each group replaced by ``means[name]``."""
+        lhs, rhs = self.sides(means)
+        return lhs - rhs
+
+    def gradient(self, means: Mapping[str, float]) -> dict[str, float]:
+        """``∂(left − right)/∂(group)`` at ``means`` (central differences; exact for the linear
+        relations that ``+``, ``-`` and a number's ``*`` make): each group's weight in the
+        contrast, for its standard error when the groups share no seeds."""
+        out = {}
+        for name, mu in means.items():
+            h = 1e-6 * max(1.0, abs(mu))
+            up = self.contrast({**means, name: mu + h})
+            down = self.contrast({**means, name: mu - h})
+            out[name] = (up - down) / (2 * h)
+        return out
 
 
 def _groups(expr: Expr) -> list[Group]:
@@ -187,7 +214,7 @@ class _Parser:
         left = self.expr()
         tok = self.peek()
         if tok is None or tok[0] != "op":
-            raise self.fail("a comparison (<, <=, >, >=, ==)")
+            raise self.fail("a comparison (<, <=, >, >=, ~=)")
         self.i += 1
         right = self.expr()
         if self.peek() is not None:

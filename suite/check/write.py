@@ -1,17 +1,16 @@
 """``bnsuite check … --write-baseline FILE``: regression thresholds from measured runs.
 
 Updating a baseline is an explicit step, never a side effect of a check. For each group of cells
-that differ only in their seed, and each chosen metric, the entry written is::
-
-    expected  = mean over the group's seeds
-    tolerance = max(floor, k · std)          (sample std over the seeds; k = 3 by default)
-    side      = lower when a larger value is better (accuracies, gains, images/s), else upper
-
-so ``check`` fails when a later run is worse than the measured mean by more than the tolerance,
-and never because a run got better. ``floor`` (default: 0.01 for accuracies, i.e. one point; 10 %
-of the mean for other metrics) keeps a lucky low-spread measurement from making the gate flaky.
-The measured values (n, mean, std, min, max, seeds) are written beside each entry. The
-section's defaults and relations are kept, and so are other experiments' sections.
+that differ only in their seed, and each chosen metric, the entry written is a ``regression``
+entry holding the measured noise model — n, mean, sd (and df = n − 1), min, max, seeds — on the
+regression side only (``lower`` for accuracies, gains and images/s, ``upper`` for times, memory
+and losses). ``check`` derives the threshold from it: a prediction bound for the mean of the m
+new runs, ``mean ∓ t(1 − α_e, n − 1) · sd · √(1/m + 1/n)``, with ``α_e`` the section's
+``false_alarm`` (family-wise, default 2 %) split over its regression entries (Bonferroni). So a
+fresh correct run of the same code fails the whole gate with probability at most
+``false_alarm``, whatever the correlation between entries. The header states that rate, the
+per-entry level and, per entry, the smallest regression caught with 90 % power by one new run.
+The section's other keys and relations, and other experiments' sections, are kept.
 """
 
 from __future__ import annotations
@@ -26,38 +25,33 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from suite.check import metrics as m
+from suite.check import stats as st
+from suite.check.baseline import DEFAULT_FALSE_ALARM
 
 if TYPE_CHECKING:
     from suite.runner.plan import Plan
 
-DEFAULT_METRICS = ("knn/top1_gain", "knn/top1")
-DEFAULT_K = 3.0
-DEFAULT_ACCURACY_FLOOR = 0.01
-DEFAULT_RELATIVE_FLOOR = 0.10
+DEFAULT_METRICS = ("linear/top1_gain", "train/loss_final")
+MIN_SEEDS = 5  # fewer gives a warning: t with < 4 df makes the bound very wide
+POWER = 0.9
 
 
 @dataclass(frozen=True)
 class Rule:
-    """``tolerance = max(floor, k · std)``; ``floor`` None: the per-kind default."""
+    """The gate's family-wise false-alarm rate for one fresh correct run."""
 
-    k: float = DEFAULT_K
-    floor: float | None = None
+    false_alarm: float = DEFAULT_FALSE_ALARM
+    new_runs: int = 1  # seeds per cell the gate judges (for the stated power only)
 
-    def floor_for(self, metric: str, mean: float) -> float:
-        if self.floor is not None:
-            return self.floor
+    def describe(self, entries: int) -> str:
+        each = self.false_alarm / max(1, entries)
         return (
-            DEFAULT_ACCURACY_FLOOR if m.is_accuracy(metric) else DEFAULT_RELATIVE_FLOOR * abs(mean)
+            f"threshold = prediction bound mean -/+ t(1 - a, n - 1) * sd * sqrt(1/m + 1/n) for "
+            f"the mean of m new runs; a = false_alarm / entries = {self.false_alarm:g} / "
+            f"{entries} = {each:.3g} per entry, so a fresh correct run fails the gate with "
+            f"probability <= {self.false_alarm:g} (Bonferroni; "
+            f"{st.family_rate(each, entries):.3g} if the entries were independent)"
         )
-
-    def describe(self) -> str:
-        floor = (
-            f"{self.floor:g}"
-            if self.floor is not None
-            else f"{DEFAULT_ACCURACY_FLOOR:g} for accuracies, {DEFAULT_RELATIVE_FLOOR:.0%} of the "
-            "mean for other metrics"
-        )
-        return f"tolerance = max(floor, {self.k:g} x std over seeds), floor = {floor}"
 
 
 def group_cells(plan: Plan) -> list[tuple[str, dict[str, Any], list[int]]]:
@@ -83,9 +77,7 @@ def group_cells(plan: Plan) -> list[tuple[str, dict[str, Any], list[int]]]:
     return list(groups.values())
 
 
-def measured_entries(
-    plan: Plan, metrics: Sequence[str], rule: Rule
-) -> tuple[list[dict[str, Any]], list[str]]:
+def measured_entries(plan: Plan, metrics: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """The entries to write, and warnings (groups with too few values to have a spread)."""
     from suite.check.judge import cell_metric
 
@@ -101,17 +93,20 @@ def measured_entries(
                     f"{label}: {metric}: {len(cells) - len(values)} of {len(cells)} cells have "
                     "no finished run with this metric; written from the others"
                 )
-            if not values:
-                continue
-            if len(values) < 5:
+            if len(values) < 2:
                 warnings.append(
-                    f"{label}: {metric}: only {len(values)} value(s); a spread from fewer than 5 "
-                    "seeds is unreliable (run more with --seeds)"
+                    f"{label}: {metric}: {len(values)} value(s); a regression threshold needs "
+                    "the spread of two or more seeds: not written (run more with --seeds)"
+                )
+                continue
+            if len(values) < MIN_SEEDS:
+                warnings.append(
+                    f"{label}: {metric}: only {len(values)} values; with fewer than "
+                    f"{MIN_SEEDS} seeds the prediction bound is very wide (run more with --seeds)"
                 )
             mean = statistics.fmean(values)
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            tolerance = max(rule.floor_for(metric, mean), rule.k * std)
-            entry: dict[str, Any] = {"name": f"{label}: {metric}"}
+            std = statistics.stdev(values)
+            entry: dict[str, Any] = {"name": f"{label}: {metric}", "kind": "regression"}
             if match:
                 entry["match"] = dict(match)
             entry.update(
@@ -120,12 +115,12 @@ def measured_entries(
                 # `unit: percent` for a paper's numbers) must never reinterpret them
                 unit=m.default_unit(metric),
                 expected=_round(mean),
-                tolerance=_round(tolerance),
                 side="lower" if m.higher_is_better(metric) else "upper",
                 measured={
                     "n": len(values),
                     "mean": _round(mean),
                     "std": _round(std),
+                    "df": len(values) - 1,
                     "min": _round(min(values)),
                     "max": _round(max(values)),
                     "seeds": [s for s, v in pairs if v is not None],
@@ -133,6 +128,27 @@ def measured_entries(
             )
             entries.append(entry)
     return entries, warnings
+
+
+def gate_statement(entries: Sequence[dict[str, Any]], rule: Rule, m_new: int = 1) -> list[str]:
+    """Header lines: the rule, the family-wise false-alarm rate, and per entry the threshold and
+    the smallest regression one new run (``m_new`` per cell) is caught at with 90 % power."""
+    each = rule.false_alarm / max(1, len(entries))
+    lines = [f"# Rule: {rule.describe(len(entries))}."]
+    lines.append(
+        f"# Per entry, for {m_new} new run(s) per cell: threshold, and the smallest true shift "
+        f"caught with {POWER:.0%} power:"
+    )
+    for e in entries:
+        meas = e["measured"]
+        bound = st.prediction_bound(meas["mean"], meas["std"], meas["n"], m_new, each, e["side"])
+        shift = st.detectable_shift(meas["std"], meas["n"], m_new, each, POWER)
+        sign = ">=" if e["side"] == "lower" else "<="
+        lines.append(
+            f"#   {e['name']}: {meas['mean']:.4g} +- {meas['std']:.3g} (n {meas['n']}) -> "
+            f"{sign} {bound:.4g}; detects a shift of {shift:.3g} ({shift / meas['std']:.1f} sd)"
+        )
+    return lines
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -157,7 +173,9 @@ def write_baseline(
     from suite.check.baseline import load_baselines
 
     path = Path(file)
-    entries, warnings = measured_entries(plan, metrics, rule)
+    if path.exists():
+        load_baselines(path)  # a broken file is reported, not overwritten
+    entries, warnings = measured_entries(plan, metrics)
     if not entries:
         raise ValueError(
             f"no finished run of experiment {plan.name!r} carries {', '.join(metrics)}; "
@@ -166,12 +184,12 @@ def write_baseline(
     sections: dict[str, Any] = {}
     description = ""
     if path.exists():
-        load_baselines(path)  # a broken file is reported, not overwritten
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         description = raw.get("description", "")
         sections = dict(raw.get("experiments") or {})
     old = sections.get(plan.name) or {}
-    section = {k: v for k, v in old.items() if k not in ("entries", "relations")}
+    section = {k: v for k, v in old.items() if k not in ("entries", "relations", "false_alarm")}
+    section["false_alarm"] = rule.false_alarm
     section["entries"] = entries  # the section's defaults and relations are kept as they were
     if old.get("relations"):
         section["relations"] = old["relations"]
@@ -185,8 +203,8 @@ def write_baseline(
     ]
     if command:
         head.append(f"# Command: {command}")
+    head += gate_statement(entries, rule, rule.new_runs)
     head += [
-        f"# Rule: expected = mean over seeds; {rule.describe()};",
         "# side lower = a regression is a smaller value (larger is better), upper = the reverse.",
         "# Regenerate with the command above; do not edit thresholds by hand.",
     ]
