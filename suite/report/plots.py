@@ -1,8 +1,11 @@
-"""The report's plots (matplotlib, Agg): each function draws one figure and writes a PNG.
+"""The report's accuracy plots (matplotlib, Agg): each function draws one figure, writes a PNG.
 
-Accuracies are drawn in percent. Every bar carries its seed spread (error bar = sample std over
-seeds, dots = the seeds) and, where the run logged one, the random-init floor; the paper's value
-is a red marker where a baseline entry selects exactly that configuration's cells.
+Accuracies are drawn in percent. Every point carries its seed spread (error bar = sample std over
+seeds, dots = the seeds) and, where the run logged one, the random-init floor; an expected value
+is a red marker where an equivalence entry (a judged number of the same setting) selects exactly
+that configuration's cells. Numbers of another setting (references: the paper's STL10 table
+beside a laptop-scale run) are never drawn on an accuracy axis; the difference plot compares
+their *differences* from sync/sync instead. Throughput figures: :mod:`suite.report.speed`.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from suite.report.data import Config
+    from suite.report.difference import Arm
 
 PROBES = (("knn/top1", "kNN top-1"), ("linear/top1", "linear top-1"))
+#: the difference plot's panels: the paper's metric first
+DIFFERENCE_PROBES = (("linear/top1", "linear top-1"), ("knn/top1", "kNN top-1"))
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -26,24 +32,27 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def save(fig, path: Path, top: float = 1.0) -> Path:
+    """Lay out (the axes below ``top``, a fraction of the height: room for a figure legend),
+    write ``path`` at the report's dpi and close the figure."""
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, top))
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def accuracy_per_config(
     configs: Sequence[Config], paper: dict[tuple[str, str], float], path: Path
 ) -> Path | None:
-    """Bars of kNN and linear top-1 per configuration, floors dashed, paper values marked.
+    """Points of kNN and linear top-1 per configuration, floors dashed, expected values marked.
 
-    ``paper[(config label, metric)]``: the paper's value in percent.
+    ``paper[(config label, metric)]``: an equivalence entry's expected value in percent
+    (:func:`suite.report.data.paper_marks`).
     """
     probes = [(k, t) for k, t in PROBES if any(c.stat(k).n for c in configs)]
     if not probes:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     width = max(5.0, 1.1 * len(configs) + 2)
     fig, axes = plt.subplots(1, len(probes), figsize=(width * len(probes), 4.2), squeeze=False)
     for ax, (metric, title) in zip(axes[0], probes, strict=True):
@@ -84,7 +93,7 @@ def accuracy_per_config(
                 [v for _, v in marks],
                 "r*",
                 markersize=12,
-                label="paper / expected",
+                label="expected (equivalence entry)",
             )
         values = [v for s in stats for v in s.values] + [v for _, v in marks]
         values += [f.mean for f in floors if f.n]
@@ -98,7 +107,7 @@ def accuracy_per_config(
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def accuracy_vs_batch(series: dict[str, list[tuple[int, Config]]], path: Path) -> Path | None:
@@ -110,7 +119,7 @@ def accuracy_vs_batch(series: dict[str, list[tuple[int, Config]]], path: Path) -
     ]
     if not probes:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(probes), figsize=(6.0 * len(probes), 4.2), squeeze=False)
     for ax, (metric, title) in zip(axes[0], probes, strict=True):
         for label, points in series.items():
@@ -133,36 +142,14 @@ def accuracy_vs_batch(series: dict[str, list[tuple[int, Config]]], path: Path) -
         ax.set_title(f"{title} against batch size")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def throughput(configs: Sequence[Config], path: Path) -> Path | None:
-    """Images/s per configuration (mean ± std over seeds)."""
-    stats = [c.stat("images_per_s") for c in configs]
-    if not any(s.n for s in stats):
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(configs) + 2), 4.0))
-    xs = range(len(configs))
-    ax.bar(
-        xs,
-        [s.mean if s.n else 0 for s in stats],
-        yerr=[s.std for s in stats],
-        capsize=4,
-        color="#55a868",
-    )
-    ax.set_xticks(list(xs), [c.label for c in configs], rotation=30, ha="right")
-    ax.set_ylabel("training images/s (median step)")
-    ax.set_title("throughput per configuration")
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def loss_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path) -> Path | None:
     """Training loss against step: one colour per configuration, one line per seed."""
     if not any(points for runs in curves.values() for points in runs):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, runs) in enumerate(curves.items()):
@@ -181,51 +168,74 @@ def loss_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path) ->
     ax.set_title("loss curves (one line per seed)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
-def throughput_by_strategy(
-    points: Sequence[tuple[str, int, int, float, float | None]], path: Path
-) -> Path | None:
-    """Bench cells: images/s (left, one panel per resolution) and images/s relative to the
-    interleaved local/local step (right) per BN pair, one bar per process count; bars are means
-    over the other axes (methods), error bars their std.
-
-    ``points``: ``(student/teacher, nproc, image size, images/s, images_per_s_vs_local)``.
-    """
-    import statistics
-
-    if not points:
+def difference(arms: Sequence[Arm], path: Path) -> Path | None:
+    """Each arm's difference from its sync/sync configuration (percent points): measured with
+    its 95 % CI (paired by seed, else Welch; :mod:`suite.report.difference`) and, where the
+    baselines hold both numbers, the paper's ``paper(arm) − paper(sync/sync)`` as a marker.
+    One panel per metric (linear, kNN)."""
+    metrics = [k for k, _ in DIFFERENCE_PROBES if any(a.metric == k for a in arms)]
+    if not metrics:
         return None
-    plt = _pyplot()
-    pairs = list(dict.fromkeys(p[0] for p in points))
-    procs = sorted({p[1] for p in points})
-    sizes = sorted({p[2] for p in points})
-    fig, axes = plt.subplots(
-        1, len(sizes) + 1, figsize=(4.5 * (len(sizes) + 1) + 1, 4.4), squeeze=False
-    )
-    width = 0.8 / len(procs)
-
-    def bars(ax, values_of) -> None:
-        for j, n in enumerate(procs):
-            means, stds = [], []
-            for pair in pairs:
-                vs = [v for v in values_of(pair, n) if v is not None]
-                means.append(statistics.fmean(vs) if vs else 0.0)
-                stds.append(statistics.stdev(vs) if len(vs) > 1 else 0.0)
-            xs = [i + (j - (len(procs) - 1) / 2) * width for i in range(len(pairs))]
-            ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{n} process(es)")
-        ax.set_xticks(range(len(pairs)), pairs, rotation=35, ha="right")
+    plt = pyplot()
+    count = max(sum(a.metric == k for a in arms) for k in metrics)
+    width = min(8.0, max(4.5, 0.9 * count + 2))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 4.6), squeeze=False)
+    titles = dict(DIFFERENCE_PROBES)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        rows = [a for a in arms if a.metric == metric]
+        xs = list(range(len(rows)))
+        with_ci = [(x, a) for x, a in zip(xs, rows, strict=True) if a.measured.ci is not None]
+        if with_ci:
+            ax.errorbar(
+                [x for x, _ in with_ci],
+                [a.measured.value for _, a in with_ci],
+                yerr=[
+                    [a.measured.value - a.measured.ci[0] for _, a in with_ci],
+                    [a.measured.ci[1] - a.measured.value for _, a in with_ci],
+                ],
+                fmt="o",
+                color="#4c72b0",
+                capsize=5,
+                markersize=7,
+                label="measured, 95 % CI (paired by seed, else Welch)",
+            )
+        bare = [(x, a) for x, a in zip(xs, rows, strict=True) if a.measured.ci is None]
+        if bare:
+            ax.plot(
+                [x for x, _ in bare],
+                [a.measured.value for _, a in bare],
+                "o",
+                mfc="none",
+                color="#4c72b0",
+                markersize=7,
+                label="measured, one seed (no CI)",
+            )
+        papers = [(x, a.paper) for x, a in zip(xs, rows, strict=True) if a.paper is not None]
+        if papers:
+            ax.plot(
+                [x + 0.15 for x, _ in papers],
+                [v for _, v in papers],
+                "D",
+                color="#c44e52",
+                markersize=7,
+                label="paper: arm − sync/sync",
+            )
+        ax.axhline(0.0, color="0.3", linewidth=1)
+        bases = {a.sync.label for a in rows}
+        one_base = len(bases) == 1
+        ticks = [f"{a.pair if one_base else a.config.label}\n({a.measured.pairing})" for a in rows]
+        ax.set_xticks(xs, ticks, rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.set_ylabel(f"{titles[metric]}: arm − sync/sync (points)")
+        base = bases.pop() if one_base else "its sync/sync"
+        ax.set_title(f"{titles[metric]}: arm − {base}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-
-    for ax, size in zip(axes[0][:-1], sizes, strict=True):
-        bars(ax, lambda pair, n, s=size: [p[3] for p in points if p[:3] == (pair, n, s)])
-        ax.set_title(f"images/s, {size} px (mean over methods)")
-        ax.set_ylabel("training images/s")
-    ax = axes[0][-1]
-    bars(ax, lambda pair, n: [p[4] for p in points if p[:2] == (pair, n)])
-    ax.axhline(1.0, color="0.3", linewidth=1)
-    ax.set_title("× local/local, interleaved in the same run")
-    ax.set_ylabel("images/s ÷ local/local images/s")
-    return _save(fig, path)
+    handles: dict[str, object] = {}
+    for ax in axes[0]:
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(text, handle)
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=3, fontsize=8)
+    return save(fig, path, top=0.92)
