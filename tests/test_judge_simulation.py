@@ -26,8 +26,9 @@ import pytest
 import yaml
 
 from suite.check.baseline import load_baselines
-from suite.check.judge import FAILED, Selection, judge_baselines, matches
+from suite.check.judge import judge_baselines, matches
 from suite.check.metrics import UNITS
+from suite.check.results import FAILED, Selection
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {  # M2T paper, Table 1: (student, teacher) -> linear top-1 %

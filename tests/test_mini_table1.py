@@ -66,11 +66,8 @@ def test_a_two_cell_slice_trains_and_is_judged_by_the_mini_table1_baselines(tmp_
     (row,) = [e for e in refs if e["n"] == 1]  # of the table's rows, only sync/sync ran
     assert row["reference"] == 88.06 and row["label"] == "sync/sync (paper STL10)"
     # judged in the section's unit: the logged fraction shown in percent
-    assert row["verdict"] == "info" and row["unit"] == "percent" and row["values"][0] > 1
+    assert row["verdict"] == "reference" and row["unit"] == "percent" and row["values"][0] > 1
     assert row["mean"] == pytest.approx(row["values"][0])
-    # the measured regression entries judge exactly the two cells that ran
-    judged = [e for e in data["entries"] if e["expected"] is not None and e["n"]]
-    assert judged and all(e["verdict"] in ("pass", "FAIL") for e in judged)
-    assert len({c for e in judged for c in e["cells"]}) == 2
+    assert all(e["verdict"] == "reference" for e in data["entries"])  # nothing else is judged
     # no relation has both of its groups in the slice: each is missing, none is an error
-    assert [r["verdict"] for r in data["relations"]] == ["missing"] * 6
+    assert [r["verdict"] for r in data["relations"]] == ["missing"] * 8

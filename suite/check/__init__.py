@@ -9,8 +9,10 @@
 >>> print(render_check(result)); result.exit_code                # 0 pass, 1 a FAIL or missing
 
 Modules: ``baseline`` (file format and validation), ``relation`` (the relation grammar),
-``metrics`` (metric names, units, derived gains), ``judge`` (verdicts), ``render`` (the table),
-``write`` (``--write-baseline``: thresholds from measured runs).
+``metrics`` (metric names, units, derived gains), ``stats`` (estimates and the tests made on
+them), ``results`` (verdicts and results), ``judge`` (entries judged, the check), ``pairing``
+(relations judged on paired contrasts), ``render`` (the table), ``write`` (``--write-baseline``:
+regression thresholds from measured runs), ``compare`` (``bnsuite compare``: two sets of runs).
 """
 
 from suite.check.baseline import (
@@ -22,9 +24,10 @@ from suite.check.baseline import (
     default_baseline_files,
     load_baselines,
 )
-from suite.check.judge import CheckResult, check_plan
+from suite.check.judge import check_plan
 from suite.check.relation import parse_relation
 from suite.check.render import render_check
+from suite.check.results import CheckResult
 
 __all__ = [
     "Baseline",

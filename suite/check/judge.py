@@ -34,247 +34,35 @@ allowed), or — with ``strict`` — is inconclusive; else 0.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from suite.check import metrics as m
 from suite.check import stats as st
 from suite.check.baseline import Baseline, BaselineError, Entry, RelationSpec
+from suite.check.pairing import block_design, judge_relations
+from suite.check.results import (
+    FAIL,
+    INCONCLUSIVE,
+    MISSING,
+    PASS,
+    REFERENCE,
+    REPRODUCED,
+    CheckResult,
+    EntryResult,
+    RelationResult,
+    Selection,
+    Stat,
+    Test,
+    interval,
+    unjudgeable,
+    why,
+)
 from suite.config.schema import Layer
 
 if TYPE_CHECKING:
     from suite.runner.plan import Plan, PlannedCell
-
-PASS, REPRODUCED, HOLDS = "pass", "reproduced", "holds"
-FAIL, CONTRADICTED = "FAIL", "contradicted"
-INCONCLUSIVE, MISSING, REFERENCE = "inconclusive", "missing", "reference"
-VERDICTS = (REPRODUCED, PASS, HOLDS, FAIL, CONTRADICTED, INCONCLUSIVE, MISSING, REFERENCE)
-FAILED = (FAIL, CONTRADICTED)
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean, sample standard deviation (0 for one value) and count of per-cell values."""
-
-    values: tuple[float, ...]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values) if self.values else math.nan
-
-    @property
-    def std(self) -> float:
-        return statistics.stdev(self.values) if self.n > 1 else 0.0
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The cells a match selects and the metric values of those that have one (in unit)."""
-
-    cells: tuple[str, ...]  # cell ids, plan order
-    values: dict[str, float]  # cell id -> value, for the cells with a finished run and metric
-    seeds: dict[str, int] = field(default_factory=dict)  # cell id -> seed
-    flats: dict[str, dict[str, Any]] = field(default_factory=dict)  # cell id -> flat config
-
-    @property
-    def stat(self) -> Stat:
-        return Stat(tuple(self.values[c] for c in self.cells if c in self.values))
-
-    @property
-    def missing(self) -> tuple[str, ...]:
-        return tuple(c for c in self.cells if c not in self.values)
-
-
-@dataclass(frozen=True)
-class Test:
-    """What a verdict was read from: the estimate, the ends it was tested against (None: open),
-    the CI at ``ci_level``, the p-values (``p``: of the claim; ``p_other``: of its opposite), the
-    noise model in words, and the seeds that would decide an inconclusive verdict."""
-
-    estimate: st.Estimate
-    lo: float | None
-    hi: float | None
-    ci: tuple[float, float]
-    ci_level: float
-    p: float
-    p_other: float
-    noise: str
-    seeds_to_decide: int | None = None
-    undecidable: bool = False  # no number of seeds decides it (fixed noise exceeds the gap)
-
-    def to_json(self) -> dict[str, Any]:
-        e = self.estimate
-        return {
-            "value": _finite(e.value),
-            "se": _finite(e.se),
-            "df": None if math.isinf(e.df) else e.df,
-            "lo": self.lo,
-            "hi": self.hi,
-            "ci": [_finite(self.ci[0]), _finite(self.ci[1])],
-            "ci_level": self.ci_level,
-            "p": _finite(self.p),
-            "p_other": _finite(self.p_other),
-            "noise": self.noise,
-            "seeds_to_decide": self.seeds_to_decide,
-            "undecidable": self.undecidable,
-        }
-
-
-@dataclass(frozen=True)
-class EntryResult:
-    entry: Entry
-    selection: Selection
-    verdict: str
-    test: Test | None = None
-    alpha: float | None = None  # the level the verdict was decided at
-    threshold: float | None = None  # a regression entry's prediction bound (in unit)
-    reason: str = ""  # why an entry is a reference or inconclusive, in words
-
-    @property
-    def delta(self) -> float | None:
-        """Measured mean minus the compared number (None without both)."""
-        stat, ref = self.selection.stat, self.entry.compared_to
-        if ref is None or stat.n == 0:
-            return None
-        return stat.mean - ref
-
-    def to_json(self) -> dict[str, Any]:
-        e, stat = self.entry, self.selection.stat
-        lo, hi = e.bounds()
-        return {
-            "where": e.where,
-            "label": e.label,
-            "kind": e.kind,
-            "match": e.match_text,
-            "metric": e.metric,
-            "source_metric": e.source_metric or None,
-            "unit": e.unit,
-            "cells": list(self.selection.cells),
-            "missing_cells": list(self.selection.missing),
-            "n": stat.n,
-            "values": list(stat.values),
-            "mean": _finite(stat.mean),
-            "std": stat.std if stat.n else None,
-            "expected": e.expected,
-            "tolerance": e.tolerance,
-            "side": e.side,
-            "min": lo,
-            "max": hi,
-            "threshold": self.threshold,
-            "delta": self.delta,
-            "reference": e.reference,
-            "test": self.test.to_json() if self.test else None,
-            "alpha": self.alpha,
-            "verdict": self.verdict,
-            "reason": self.reason or None,
-            "source": e.source,
-            "protocol": e.protocol,
-            "note": e.note,
-        }
-
-
-@dataclass(frozen=True)
-class RelationResult:
-    spec: RelationSpec
-    selections: dict[str, Selection]
-    verdict: str
-    lhs: float | None = None
-    rhs: float | None = None
-    test: Test | None = None
-    pairing: str = ""  # "paired by seed (3 pairs)", "unpaired (Welch)", …
-    p_adjusted: float | None = None  # Holm, over the experiment's relations
-    p_other_adjusted: float | None = None
-    reason: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        s = self.spec
-        return {
-            "where": s.where,
-            "label": s.label,
-            "relation": s.relation.text,
-            "metric": s.metric,
-            "unit": s.unit,
-            "margin": s.margin,
-            "groups": {
-                name: {
-                    "match": s.group_text[name],
-                    "cells": list(sel.cells),
-                    "missing_cells": list(sel.missing),
-                    "n": sel.stat.n,
-                    "mean": _finite(sel.stat.mean),
-                    "std": sel.stat.std if sel.stat.n else None,
-                }
-                for name, sel in self.selections.items()
-            },
-            "lhs": self.lhs,
-            "rhs": self.rhs,
-            "difference": self.test.to_json() if self.test else None,
-            "pairing": self.pairing or None,
-            "p_holm": self.p_adjusted,
-            "p_other_holm": self.p_other_adjusted,
-            "alpha": s.alpha,
-            "verdict": self.verdict,
-            "reason": self.reason or None,
-            "source": s.source,
-            "note": s.note,
-        }
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """Every verdict of one experiment against its baselines."""
-
-    experiment: str
-    experiment_path: str
-    tracking_uri: str
-    baselines: tuple[str, ...]
-    entries: tuple[EntryResult, ...]
-    relations: tuple[RelationResult, ...]
-    allow_missing: bool = False
-    cells_total: int = 0
-    cells_done: int = 0
-    notes: list[str] = field(default_factory=list)
-    strict: bool = False
-
-    def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(VERDICTS, 0)
-        for r in (*self.entries, *self.relations):
-            out[r.verdict] += 1
-        return out
-
-    @property
-    def exit_code(self) -> int:
-        counts = self.counts()
-        if counts[FAIL] or counts[CONTRADICTED] or (counts[MISSING] and not self.allow_missing):
-            return 1
-        if self.strict and counts[INCONCLUSIVE]:
-            return 1
-        return 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "experiment": self.experiment,
-            "experiment_file": self.experiment_path,
-            "tracking_uri": self.tracking_uri,
-            "baselines": list(self.baselines),
-            "cells": {"total": self.cells_total, "finished": self.cells_done},
-            "entries": [r.to_json() for r in self.entries],
-            "relations": [r.to_json() for r in self.relations],
-            "counts": self.counts(),
-            "allow_missing": self.allow_missing,
-            "strict": self.strict,
-            "exit_code": self.exit_code,
-        }
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def _get(tree: Mapping[str, Any], target: tuple[str, ...]) -> Any:
@@ -314,11 +102,6 @@ def select(
 def cell_metric(planned: PlannedCell, metric: str) -> float | None:
     """``metric`` of a planned cell's finished run (None if not done or not logged)."""
     return m.cell_value(planned.metrics, metric) if planned.done else None
-
-
-def _unjudgeable(selection: Selection, allow_missing: bool) -> bool:
-    """The selection cannot be judged: no value, or missing cells that are not allowed."""
-    return selection.stat.n == 0 or bool(selection.missing and not allow_missing)
 
 
 # -- entries ---------------------------------------------------------------------------------
@@ -386,9 +169,9 @@ def judge_entry(
         ref = entry.compared_to
         if ref is not None and stat.n:
             noise = entry_noise(replace(entry, kind="reference"), stat, pooled)
-            test = _interval(noise, stat.mean - ref, None, None, entry.alpha)
+            test = interval(noise, stat.mean - ref, None, None, entry.alpha)
         return EntryResult(entry, selection, REFERENCE, test, reason=reason or "not judged")
-    if _unjudgeable(selection, allow_missing):
+    if unjudgeable(selection, allow_missing):
         return EntryResult(entry, selection, MISSING)
     if kind == "regression":
         return _judge_regression(entry, selection, regression_alpha or entry.alpha)
@@ -399,53 +182,14 @@ def judge_entry(
     else:
         value = stat.mean
     noise = entry_noise(entry, stat, pooled)
-    test = _interval(noise, value, lo, hi, entry.alpha)
+    test = interval(noise, value, lo, hi, entry.alpha)
     if test is None:
         return EntryResult(entry, selection, INCONCLUSIVE, None, entry.alpha, reason=noise.text)
-    outcome = _outcome(test)
+    outcome = test.outcome
     verdict = {st.INSIDE: REPRODUCED if kind == "equivalence" else PASS, st.OUTSIDE: FAIL}.get(
         outcome, INCONCLUSIVE
     )
-    return EntryResult(entry, selection, verdict, test, entry.alpha, reason=_why(verdict, test))
-
-
-def _interval(
-    noise: st.Noise, value: float, lo: float | None, hi: float | None, alpha: float
-) -> Test | None:
-    """The interval test of ``value`` under ``noise`` (None without an error estimate)."""
-    est = noise.estimate(value)
-    if not est.usable:
-        return None
-    res = st.interval_test(est, lo, hi, alpha)
-    seeds = undecidable = None
-    if res.outcome == st.UNDECIDED and (lo is not None or hi is not None):
-        seeds = st.seeds_to_decide(noise, value, lo, hi, alpha)
-        undecidable = seeds is None
-    tested = lo is not None or hi is not None  # a reference's interval tests nothing
-    p_in, p_out = (res.p_inside, res.p_outside) if tested else (math.nan, math.nan)
-    return Test(
-        est, lo, hi, res.ci, 1 - 2 * alpha, p_in, p_out, noise.text, seeds, bool(undecidable)
-    )
-
-
-def _outcome(test: Test) -> str:
-    inside = (test.lo is None or test.ci[0] > test.lo) and (test.hi is None or test.ci[1] < test.hi)
-    if inside:
-        return st.INSIDE
-    beyond = (test.lo is not None and test.ci[1] < test.lo) or (
-        test.hi is not None and test.ci[0] > test.hi
-    )
-    return st.OUTSIDE if beyond else st.UNDECIDED
-
-
-def _why(verdict: str, test: Test) -> str:
-    if verdict != INCONCLUSIVE:
-        return ""
-    if test.undecidable:
-        return "no number of seeds decides it: the compared number's own noise exceeds the margin"
-    if test.seeds_to_decide:
-        return f"about {test.seeds_to_decide} seeds would decide it at this spread"
-    return ""
+    return EntryResult(entry, selection, verdict, test, entry.alpha, reason=why(verdict, test))
 
 
 def _judge_regression(entry: Entry, selection: Selection, alpha: float) -> EntryResult:
@@ -485,167 +229,6 @@ def pooled_sds(
         pooled = st.pooled_sd(list(groups.values()))
         if pooled is not None:
             out[key] = (*pooled, sum(len(g) > 1 for g in groups.values()))
-    return out
-
-
-# -- relations -------------------------------------------------------------------------------
-def pairs(spec: RelationSpec, selections: Mapping[str, Selection]) -> tuple[list, str] | None:
-    """The per-unit values of every group, paired: by seed when each group has one value per
-    seed and the groups share their seeds; else by the cells' other varying values (the fields
-    no group constrains). ``([{group: value}, …], words)``, or None when the groups do not pair.
-    """
-    constrained = {".".join(t) for layer in spec.groups.values() for t in layer}
-    constrained |= {"student_bn", "teacher_bn", "method.name"}
-
-    def keyed(sel: Selection, key) -> dict[Any, float] | None:
-        out: dict[Any, float] = {}
-        for cid, v in sel.values.items():
-            k = key(sel, cid)
-            if k in out:
-                return None
-            out[k] = v
-        return out
-
-    def by_seed(sel: Selection, cid: str):
-        return sel.seeds[cid]
-
-    def by_cell(sel: Selection, cid: str):
-        flat = sel.flats[cid]
-        return tuple(sorted((f, repr(v)) for f, v in flat.items() if f not in constrained))
-
-    for key, words in ((by_seed, "seed"), (by_cell, "cell")):
-        per_group = {name: keyed(sel, key) for name, sel in selections.items()}
-        if any(v is None for v in per_group.values()):
-            continue
-        common = set.intersection(*(set(v) for v in per_group.values()))
-        if len(common) < 2 or any(len(v) != len(common) for v in per_group.values()):
-            continue
-        units = [{name: per_group[name][k] for name in per_group} for k in sorted(common, key=str)]
-        return units, f"paired by {words} ({len(units)} pairs)"
-    return None
-
-
-def relation_test(
-    spec: RelationSpec,
-    selections: Mapping[str, Selection],
-    design: tuple[float, float, int] | None = None,
-) -> tuple[Test | None, str]:
-    """The test of the relation's contrast ``left − right``, and how it was paired. ``design``:
-    ``(sd, df, arms)`` of the section's block residuals (``pool_sd``), used for a contrast
-    paired by seed in place of its own few differences' sd."""
-    rel = spec.relation
-    means = {name: sel.stat.mean for name, sel in selections.items()}
-    paired = pairs(spec, selections)
-    if paired is not None:
-        units, words = paired
-        values = [rel.contrast(u) for u in units]
-        value, k = statistics.fmean(values), len(values)
-        if design is not None and words.startswith("paired by seed"):
-            sd, df, arms = design
-            weight = math.sqrt(sum(c * c for c in rel.gradient(means).values()))
-            terms = (st.Term(weight, sd, k, df, arms=arms - 1),)
-            text = f"block residual sd {sd:.4g} of {arms} arms x {k} seeds (df {df:g})"
-        else:
-            sd = statistics.stdev(values)
-            terms = (st.Term(1.0, sd, k, k - 1.0),)
-            text = f"sd {sd:.4g} of {k} per-pair differences"
-        noise = st.Noise(terms, text)
-    else:
-        words = "unpaired (Welch)"
-        grads = rel.gradient(means)
-        parts = []
-        for name, sel in selections.items():
-            c, stat = grads[name], sel.stat
-            if c == 0:
-                continue
-            stated = spec.noise.sd
-            if stated is not None:  # a per-seed sd known from elsewhere (one-seed groups)
-                df = math.inf if spec.noise.sd_df is None else spec.noise.sd_df
-                parts.append(st.Term(c, stated, stat.n, df))
-                continue
-            if stat.n < 2:
-                return None, f"{words}: group {name!r} has {stat.n} value, no spread"
-            parts.append(st.Term(c, stat.std, stat.n, stat.n - 1.0))
-        noise = st.Noise(
-            tuple(parts),
-            "Welch over the groups' seeds"
-            if spec.noise.sd is None
-            else f"sd {spec.noise.sd:.4g} stated ({spec.noise.sd_source or 'no source'})",
-        )
-        if spec.noise.sd is not None:
-            words = "unpaired (stated sd)"
-        value = rel.contrast(means)
-    if rel.direction == "~":
-        lo, hi = -(spec.margin or 0.0), spec.margin or 0.0
-    elif rel.direction == "<":
-        lo, hi = None, 0.0
-    else:
-        lo, hi = 0.0, None
-    test = _interval(noise, value, lo, hi, spec.alpha)
-    return test, words
-
-
-def block_design(
-    selections: Sequence[Selection],
-) -> tuple[float, float, int] | None:
-    """``(sd, df, arms)``: the block residual sd (:func:`~suite.check.stats.block_residual_sd`)
-    of the distinct arms among ``selections`` that hold one value per seed."""
-    arms: dict[frozenset[str], dict[int, float]] = {}
-    for sel in selections:
-        by_seed: dict[int, float] = {}
-        for cid, v in sel.values.items():
-            if sel.seeds[cid] in by_seed:
-                break
-            by_seed[sel.seeds[cid]] = v
-        else:
-            if by_seed:
-                arms[frozenset(sel.cells)] = by_seed
-    found = st.block_residual_sd(list(arms.values()))
-    return None if found is None else (*found, len(arms))
-
-
-def judge_relations(
-    specs: Sequence[RelationSpec],
-    selections: Sequence[dict[str, Selection]],
-    allow_missing: bool,
-    designs: Sequence[tuple[float, float, int] | None] | None = None,
-) -> list[RelationResult]:
-    """Every relation's verdict, Holm-adjusted over the relations that could be tested."""
-    prelim: list[RelationResult] = []
-    designs = designs or [None] * len(specs)
-    for spec, sels, design in zip(specs, selections, designs, strict=True):
-        if any(_unjudgeable(sel, allow_missing) for sel in sels.values()):
-            prelim.append(RelationResult(spec, sels, MISSING))
-            continue
-        lhs, rhs = spec.relation.sides({n: s.stat.mean for n, s in sels.items()})
-        test, pairing = relation_test(spec, sels, design)
-        reason = ""
-        if test is None:  # no test could be made: the pairing text says why
-            pairing, reason = "", pairing
-        prelim.append(
-            RelationResult(spec, sels, INCONCLUSIVE, lhs, rhs, test, pairing, reason=reason)
-        )
-    tested = [i for i, r in enumerate(prelim) if r.test is not None]
-    adj = st.holm([prelim[i].test.p for i in tested])
-    adj_other = st.holm([prelim[i].test.p_other for i in tested])
-    out = list(prelim)
-    for i, pa, po in zip(tested, adj, adj_other, strict=True):
-        r = prelim[i]
-        if pa < r.spec.alpha:
-            verdict = HOLDS
-        elif po < r.spec.alpha:
-            verdict = CONTRADICTED
-        else:
-            verdict = INCONCLUSIVE
-        reason = ""
-        if verdict == INCONCLUSIVE:
-            reason = _why(verdict, r.test)
-            if r.test.p < r.spec.alpha:
-                reason = (
-                    f"p {r.test.p:.2g} alone, {pa:.2g} after Holm's adjustment over "
-                    f"{len(tested)} relations"
-                )
-        out[i] = replace(r, verdict=verdict, p_adjusted=pa, p_other_adjusted=po, reason=reason)
     return out
 
 

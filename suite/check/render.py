@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from suite.check.judge import (
+from suite.check.results import (
     FAILED,
     INCONCLUSIVE,
     VERDICTS,

@@ -26,8 +26,8 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from suite.check.judge import CheckResult
 from suite.check.render import summary_line
+from suite.check.results import CheckResult
 from suite.report import plots, speed
 from suite.report.data import (
     batch_series,

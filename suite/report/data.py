@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from suite.check import metrics as m
-from suite.check.judge import Stat
+from suite.check.results import Stat
 
 if TYPE_CHECKING:
-    from suite.check.judge import CheckResult
+    from suite.check.results import CheckResult
     from suite.runner.plan import Plan, PlannedCell
 
 #: recorded with every run (suite/tracking/env.py); shown in the provenance table

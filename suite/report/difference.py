@@ -26,7 +26,7 @@ from suite.check import stats as st
 from suite.report.data import BN_FIELDS, Config
 
 if TYPE_CHECKING:
-    from suite.check.judge import CheckResult
+    from suite.check.results import CheckResult
 
 SYNC = ("sync", "sync")
 Numbers = dict[tuple[frozenset[str], str], float]  # (cell ids, metric) -> number, percent

@@ -20,7 +20,7 @@ from suite.report.data import label
 from suite.report.plots import pyplot, save
 
 if TYPE_CHECKING:
-    from suite.check.judge import Stat
+    from suite.check.results import Stat
     from suite.report.data import BenchPoint, Config
 
 MAX_WIDTH_IN = 15.0  # 1650 px at 110 dpi

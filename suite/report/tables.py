@@ -11,15 +11,6 @@ import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from suite.check.judge import (
-    CONTRADICTED,
-    FAIL,
-    INCONCLUSIVE,
-    CheckResult,
-    EntryResult,
-    RelationResult,
-    Test,
-)
 from suite.check.render import (
     ENTRY_HEADERS,
     RELATION_HEADERS,
@@ -30,6 +21,15 @@ from suite.check.render import (
     p_text,
     relation_row,
     signed,
+)
+from suite.check.results import (
+    CONTRADICTED,
+    FAIL,
+    INCONCLUSIVE,
+    CheckResult,
+    EntryResult,
+    RelationResult,
+    Test,
 )
 from suite.report.data import Config
 
