@@ -171,10 +171,11 @@ def judge_entry(
             noise = entry_noise(replace(entry, kind="reference"), stat, pooled)
             test = interval(noise, stat.mean - ref, None, None, entry.alpha)
         return EntryResult(entry, selection, REFERENCE, test, reason=reason or "not judged")
+    alpha = (regression_alpha or entry.alpha) if kind == "regression" else entry.alpha
     if unjudgeable(selection, allow_missing):
-        return EntryResult(entry, selection, MISSING)
+        return EntryResult(entry, selection, MISSING, alpha=alpha)
     if kind == "regression":
-        return _judge_regression(entry, selection, regression_alpha or entry.alpha)
+        return _judge_regression(entry, selection, alpha)
     lo, hi = entry.bounds()
     if kind == "equivalence":
         value = stat.mean - (entry.expected or 0.0)

@@ -69,7 +69,10 @@ def bound_text(r: EntryResult) -> str:
         return "(reference)"
     if e.kind == "regression":
         sign = "≥" if e.side == "lower" else "≤"
-        return f"{sign} {number(r.threshold, unit)} (prediction, α {r.alpha:.2g})"
+        alpha = f", α {r.alpha:.2g}" if r.alpha is not None else ""
+        if r.threshold is None:  # no new run: the bound depends on how many there are
+            return f"{sign} prediction bound{alpha}"
+        return f"{sign} {number(r.threshold, unit)} (prediction{alpha})"
     if e.kind == "equivalence":
         return f"{number(e.expected, unit)} ± {number(e.tolerance, unit)}"
     lo, hi = e.bounds()
