@@ -386,8 +386,14 @@ def test_title_says_what_the_numbers_were_measured_against(tmp_path):
             }
         ],
     }
+    learns = {
+        "unit": "percent",
+        "metric": "linear/top1",
+        "entries": [{"match": {**BYOL4, "bn": ["sync", "sync"]}, "min": 50, "sd": 1.0}],
+    }
     for folder, section, heading in (
         ("regression", regression, "# arms: regression check against measured baselines"),
+        ("bound", learns, "# arms: measured against its baselines"),
         ("paper", PAPER, "# arms: measured against the paper"),
         ("none", None, "# arms: measurements"),
     ):

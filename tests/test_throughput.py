@@ -6,6 +6,7 @@ exist, what is (not) counted, and that runs, check, report and the script work e
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -199,14 +200,19 @@ def test_bench_cells_across_two_processes_are_recorded_checked_and_reported(
     base = tmp_path / "base.yaml"
     base.write_text(
         "experiments:\n  tput-test:\n    unit: value\n    entries:\n"
-        "      - {match: {teacher_bn: momentum}, metric: collective_fraction, max: 0.0}\n"
-        "      - {match: {teacher_bn: sync}, metric: collective_fraction, min: 0.001}\n"
-        "      - {match: {teacher_bn: momentum}, metric: images_per_s_vs_local, min: 0.01}\n"
+        # one cell each: the sd of one run is stated, so each bound is a one-sided test
+        "      - {match: {teacher_bn: momentum}, metric: collective_fraction, max: 0.01,"
+        " sd: 0.001}\n"
+        "      - {match: {teacher_bn: sync}, metric: collective_fraction, min: 0.001, sd: 0.001}\n"
+        "      - {match: {teacher_bn: momentum}, metric: images_per_s_vs_local, min: 0.01,"
+        " sd: 0.05}\n"
     )
     work = ["--workdir", str(tmp_path / "runs"), "--device", "cpu"]
     assert main(["run", str(exp), *work]) == 0
     capsys.readouterr()
-    assert main(["check", str(exp), "--baseline", str(base)]) == 0
+    assert main(["check", str(exp), "--baseline", str(base), "--json"]) == 0
+    verdicts = [e["verdict"] for e in json.loads(capsys.readouterr().out)["entries"]]
+    assert verdicts == ["pass", "pass", "pass"]
     assert main(["report", str(exp), "--baseline", str(base), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "throughput.png").exists()
     assert (tmp_path / "r" / "throughput_strategy.png").exists()  # per BN pair and nproc

@@ -95,7 +95,7 @@ def entry_row(i: int, r: EntryResult) -> list[str]:
         ci_text(r.test, e.unit, signed_values=not kind_is_mean),
         p_text(r.test.p if r.test else None),
         p_text(r.test.p_other if r.test else None),
-        r.verdict,
+        r.verdict + (" (another protocol)" if e.protocol_differs else ""),
     ]
 
 

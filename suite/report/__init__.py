@@ -15,7 +15,8 @@ configuration beside its random-init floor, and the plots (:mod:`suite.report.pl
 
 The title says what the numbers were measured against: ``measured against the paper`` when a
 baseline holds a source's number or a relation, ``regression check against measured baselines``
-when it holds regression entries only, ``measurements`` without a baseline entry.
+when it holds regression entries only, ``measured against its baselines`` for other bounds (a
+cell that learns beyond its floor), ``measurements`` without a baseline entry.
 """
 
 from __future__ import annotations
@@ -59,13 +60,18 @@ Block = Table | Bullets | str
 
 
 def title(result: CheckResult) -> str:
-    """``<name>: measured against the paper`` / ``: regression check against measured
-    baselines`` (regression entries only, no relation) / ``: measurements`` (nothing judged)."""
+    """What the report holds: ``<name>: measured against the paper`` (a paper's numbers or
+    claims: equivalence or reference entries, or relations), ``: regression check against
+    measured baselines`` (regression entries only), ``: measured against its baselines`` (other
+    bounds, e.g. learning beyond the floor), ``: measurements`` (nothing judged)."""
+    kinds = {r.entry.kind for r in result.entries}
     if not result.entries and not result.relations:
         return f"{result.experiment}: measurements"
-    if not result.relations and all(r.entry.kind == "regression" for r in result.entries):
+    if result.relations or kinds & {"equivalence", "reference"}:
+        return f"{result.experiment}: measured against the paper"
+    if kinds == {"regression"}:
         return f"{result.experiment}: regression check against measured baselines"
-    return f"{result.experiment}: measured against the paper"
+    return f"{result.experiment}: measured against its baselines"
 
 
 def _figures(plan: Plan, result: CheckResult, out: Path) -> list[tuple[str, Path]]:
