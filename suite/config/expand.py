@@ -141,8 +141,9 @@ def combination_problems(layer: Layer) -> tuple[list[str], list[str]]:
     Errors: ``batch_size % devices != 0``; ``devices % nproc != 0``; a BN group of fewer than 2
     samples for any strategy — one view on one device for the per-device strategies
     (``batch_size / devices``), one view's whole batch for sync (``batch_size``) — BN of one
-    sample is 0 (the encoder gets no gradient) and MomentumBN's ``n/(n-1)`` divides by zero; MoCo's ``queue_size % batch_size != 0`` (the queue is written one
-    global batch at a time); MoCo with a ``pred_hidden`` (it has no predictor).
+    sample is 0 (the encoder gets no gradient) and MomentumBN's ``n/(n-1)`` divides by zero;
+    MoCo's ``queue_size % batch_size != 0`` (the queue is written one global batch at a time);
+    MoCo with a ``pred_hidden`` (it has no predictor).
     Warnings (the cell runs as written): m2t with a student other than local or a teacher other
     than momentum (an ablation); shuffle with one device (nothing to shuffle: equals local);
     ``warmup_epochs >= epochs`` (the schedule never leaves the warm-up; ``CellConfig``'s own
