@@ -10,8 +10,15 @@ ends FAILED with the reason in tag ``suite.failure``. If the runner itself dies,
 RUNNING until the next ``start_cell`` of that cell ends it KILLED (stale).
 
 Only one process at a time works on a cell folder: the runner takes its lock file first
-(:class:`suite.runner.lock.CellLock`) and re-reads the store under the lock, so a cell that another
-runner finished meanwhile is not trained again.
+(:class:`suite.runner.lock.CellLock`), removes the temporary files of checkpoint writes that were
+killed, and re-reads the store under the lock, so a cell that another runner finished meanwhile is
+not trained again.
+
+When the store stops answering (:class:`~suite.tracking.faults.StoreFault`: a server unreachable
+for the retry budget, a full disk), the cell's process trains on and its metrics wait in the run's
+queue; its result is written to ``summary.json`` in the cell folder before it is logged
+(:mod:`suite.runner.saved`). If the store is still gone at the end, the outcome carries the fault
+(the matrix stops there) and a rerun records the cell from that file instead of training it again.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from suite.runner.child import child_command, child_env, parse, write_cell
 from suite.runner.lock import CellLock
 from suite.runner.plan import PlannedCell, cell_folder
 from suite.runner.progress import ProgressView
+from suite.runner.saved import SAVED_NAME, read_saved, write_saved
+from suite.tracking.faults import StoreFault
 
 if TYPE_CHECKING:
     from suite.cell import CellConfig
@@ -43,6 +52,8 @@ TAIL_LINES = 20
 # outcome statuses besides MLflow's FINISHED / FAILED / KILLED
 SKIPPED = "SKIPPED"  # finished by another runner meanwhile
 BUSY = "BUSY"  # locked by another live runner
+UNRECORDED = "UNRECORDED"  # trained, result in its summary.json; the store stopped answering
+NOT_STARTED = "NOT STARTED"  # the store stopped answering before this cell could start
 
 
 @dataclass
@@ -55,6 +66,8 @@ class CellOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
     log: Path | None = None
+    fault: StoreFault | None = None  # the store stopped answering: the matrix stops here
+    saved: Path | None = None  # the cell's result, kept in its folder, not yet recorded
 
 
 @dataclass
@@ -66,6 +79,9 @@ class _Report:
     error: str | None = None
     traceback: str | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    fault: StoreFault | None = None  # the first store fault while the cell ran
+    unsent_tags: dict[str, Any] = field(default_factory=dict)
 
 
 def summary(cell: CellConfig, run_id: str, metrics: dict[str, Any], device: str | None) -> dict:
@@ -137,10 +153,17 @@ def _watch(proc: subprocess.Popen, run: CellRun, view: ProgressView, logf: IO[st
         if kind == "progress":
             view.update(event["step"], event["total"], event.get("loss"), event.get("img_s"))
         elif kind == "metrics":
-            run.log_metrics(numeric(event.get("values", {})), step=event.get("step"))
+            values, step = numeric(event.get("values", {})), int(event.get("step") or 0)
+            report.history.append((step, values))
+            if report.fault is not None:
+                run.queue_metrics(values, step=step)  # kept for the store's return
+            else:
+                _to_store(report, run.log_metrics, values, step=step)
         elif kind == "device":
             report.device = str(event.get("name"))
-            run.set_tags({"suite.device": report.device, "suite.cell_pid": event.get("pid")})
+            tags = {"suite.device": report.device, "suite.cell_pid": event.get("pid")}
+            if not _to_store(report, run.set_tags, tags):
+                report.unsent_tags.update(tags)
         elif kind == "result":
             report.result = dict(event.get("metrics", {}))
         elif kind == "error":
@@ -148,6 +171,19 @@ def _watch(proc: subprocess.Popen, run: CellRun, view: ProgressView, logf: IO[st
             report.traceback = event.get("traceback")
     logf.flush()
     return report
+
+
+def _to_store(report: _Report, call: Any, *args: Any, **kwargs: Any) -> bool:
+    """``call(*args, **kwargs)`` unless the store failed earlier in this cell; a store fault is
+    kept in ``report`` (the cell trains on), not raised. True when the call went through."""
+    if report.fault is not None:
+        return False
+    try:
+        call(*args, **kwargs)
+    except StoreFault as fault:
+        report.fault = fault
+        return False
+    return True
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -170,18 +206,70 @@ def train_and_record(
     device: str,
     view: ProgressView,
 ) -> CellOutcome:
-    """Lock the cell's folder, open its run, train it in a child process, record the result."""
+    """Lock the cell's folder, open its run, train it in a child process, record the result; a
+    cell trained earlier whose result the store never got is recorded from its saved
+    ``summary.json`` instead (module docstring)."""
+    from suite.runtime import remove_stale_temp_files
+
     cell = planned.cell
     folder = cell_folder(workdir, tracker.experiment, cell.cell_id)
     lock = CellLock(folder / "lock")
     if not lock.acquire():
         return CellOutcome(planned, BUSY, f"locked by another runner ({folder / 'lock'})")
     try:
-        if cell.cell_id in tracker.finished_cell_ids():
+        remove_stale_temp_files(folder)
+        try:
+            finished = tracker.finished_cell_ids()
+        except StoreFault as fault:
+            return CellOutcome(planned, NOT_STARTED, str(fault), fault=fault)
+        if cell.cell_id in finished:
             return CellOutcome(planned, SKIPPED, "finished by another runner meanwhile")
+        saved = read_saved(folder, cell.cell_id)
+        if saved is not None:
+            return _record_saved(planned, tracker, folder, saved)
         return _run_child(planned, tracker, folder, device, view)
     finally:
         lock.release()
+
+
+def _tags(cell: CellConfig, folder: Path) -> dict[str, str]:
+    return {EVAL_ENCODER_TAG: cell.eval_encoder, "suite.workdir": str(folder)}
+
+
+def _record_saved(
+    planned: PlannedCell, tracker: Tracker, folder: Path, saved: dict[str, Any]
+) -> CellOutcome:
+    """Record a cell from the ``summary.json`` an earlier run saved: a new run (the one left
+    RUNNING is ended KILLED by ``start_cell``) with the streamed history, the final metrics and
+    the artifact; nothing is trained."""
+    cell, path = planned.cell, folder / SAVED_NAME
+    tags = {**_tags(cell, folder), "suite.recorded_from": str(path)}
+    if saved.get("device"):
+        tags["suite.device"] = str(saved["device"])
+    try:
+        run = tracker.start_cell(cell, extra_tags=tags)
+    except StoreFault as fault:
+        return CellOutcome(planned, NOT_STARTED, str(fault), fault=fault, saved=path)
+    metrics, history = saved["metrics"], saved.pop("history")
+    record = {**saved, "run_id": run.run_id}
+    try:
+        for step, values in history:
+            run.queue_metrics(numeric(values), step=step)
+        run.log_metrics(numeric(metrics), step=int(metrics.get("train/steps", 0) or 0))
+        run.log_dict(record, "summary.json")
+        run.finish("FINISHED")
+    except StoreFault as fault:
+        reason = f"trained, but not recorded: {fault}"
+        return CellOutcome(planned, UNRECORDED, reason, metrics, run.run_id, None, fault, path)
+    except Exception as exc:  # a saved file this runner cannot log (edited by hand?)
+        reason = f"recording {path} failed: {type(exc).__name__}: {exc}"
+        with contextlib.suppress(Exception):
+            run.finish("FAILED", reason)
+        return CellOutcome(planned, "FAILED", reason, {}, run.run_id)
+    with contextlib.suppress(OSError):
+        write_saved(folder, record, history)  # now names the run it was recorded in
+    note = f"recorded from {path} (trained by an earlier run)"
+    return CellOutcome(planned, "FINISHED", note, metrics, run.run_id, folder / "log.txt")
 
 
 def _run_child(
@@ -189,9 +277,10 @@ def _run_child(
 ) -> CellOutcome:
     cell = planned.cell
     log = folder / "log.txt"
-    run = tracker.start_cell(
-        cell, extra_tags={EVAL_ENCODER_TAG: cell.eval_encoder, "suite.workdir": str(folder)}
-    )
+    try:
+        run = tracker.start_cell(cell, extra_tags=_tags(cell, folder))
+    except StoreFault as fault:
+        return CellOutcome(planned, NOT_STARTED, str(fault), fault=fault)
     command = child_command(cell.nproc, write_cell(cell, folder / "cell.json"), folder, device)
     proc = None
     try:
@@ -223,21 +312,58 @@ def _run_child(
     finally:
         view.clear()
     if returncode == 0 and report.result is not None:
-        metrics = report.result
-        try:
-            run.log_metrics(numeric(metrics), step=int(metrics.get("train/steps", 0) or 0))
-            run.log_dict(summary(cell, run.run_id, metrics, report.device), "summary.json")
-            run.finish("FINISHED")
-            return CellOutcome(planned, "FINISHED", None, metrics, run.run_id, log)
-        except Exception as exc:  # the cell trained, but its result could not be stored
-            reason = f"recording the result failed: {type(exc).__name__}: {exc}"
-    else:
-        reason = _failure_reason(report, returncode, log)
-    if report.traceback:
+        return _record_result(planned, run, folder, report)
+    reason = _failure_reason(report, returncode, log)
+    if report.traceback and report.fault is None:
         with contextlib.suppress(Exception):
             run.log_text(report.traceback, "traceback.txt")
-    run.finish("FAILED", reason)
+    try:
+        run.finish("FAILED", reason)
+    except StoreFault as fault:
+        return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log, fault=fault)
     return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log)
 
 
-__all__ = ["BUSY", "SKIPPED", "CellOutcome", "numeric", "summary", "train_and_record"]
+def _record_result(
+    planned: PlannedCell, run: CellRun, folder: Path, report: _Report
+) -> CellOutcome:
+    """Save the result in the cell folder, then log it and end the run FINISHED (the queued
+    metrics of an outage included, when the store is back)."""
+    cell, log = planned.cell, folder / "log.txt"
+    metrics = report.result or {}
+    record = summary(cell, run.run_id, metrics, report.device)
+    try:
+        saved: Path | None = write_saved(folder, record, report.history)
+        unsaved = ""
+    except OSError as exc:
+        saved, unsaved = None, f"; its summary.json could not be saved either ({exc})"
+    try:
+        if report.unsent_tags:
+            run.set_tags(report.unsent_tags)
+        run.log_metrics(numeric(metrics), step=int(metrics.get("train/steps", 0) or 0))
+        run.log_dict(record, "summary.json")
+        run.finish("FINISHED")
+        return CellOutcome(planned, "FINISHED", None, metrics, run.run_id, log)
+    except StoreFault as fault:
+        status = UNRECORDED if saved is not None else "FAILED"
+        reason = f"trained, but not recorded: {fault}{unsaved}"
+        return CellOutcome(planned, status, reason, metrics, run.run_id, log, fault, saved)
+    except Exception as exc:  # the cell trained, but its result could not be stored
+        reason = f"recording the result failed: {type(exc).__name__}: {exc}"
+    try:
+        run.finish("FAILED", reason)
+    except StoreFault as fault:
+        return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log, fault, saved)
+    return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log)
+
+
+__all__ = [
+    "BUSY",
+    "NOT_STARTED",
+    "SKIPPED",
+    "UNRECORDED",
+    "CellOutcome",
+    "numeric",
+    "summary",
+    "train_and_record",
+]
