@@ -30,10 +30,9 @@ def cli(*argv: str) -> tuple[int, str, str]:
 
 def fill(folder: Path) -> None:
     """Write ``folder/filler`` until its filesystem refuses more (ENOSPC)."""
-    with open(folder / "filler", "wb") as f:
+    with open(folder / "filler", "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 4096)
-                f.flush()
         except OSError:
             pass
