@@ -48,3 +48,11 @@ def free_space(folder: Path) -> str:
     except OSError as exc:
         return f"free space unknown ({exc.strerror or exc})"
     return f"{_size(usage.free)} free of {_size(usage.total)}"
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

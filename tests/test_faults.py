@@ -327,3 +327,29 @@ def test_temporary_files_of_killed_checkpoint_writes_are_removed_when_the_lock_i
     listing = seen.read_text().split()
     assert not any(name.startswith("checkpoint") and name.endswith(".tmp") for name in listing)
     assert "notes.tmp" in listing and "lock" in listing
+
+
+# -- a work folder whose disk is full -------------------------------------------------------------
+def test_a_full_workdir_fails_the_cell_naming_the_folder_and_its_free_space(
+    small_filesystem, tmp_path, monkeypatch, mlflow_tmp, template_db, capfd
+):
+    """--workdir on a full filesystem (a real tmpfs): each cell fails with a reason that names
+    its folder, 'No space left on device' and the space left, not a traceback; run exits 1 and
+    the next cell is still tried."""
+    Path(mlflow_tmp.removeprefix("sqlite:///")).write_bytes(template_db.read_bytes())
+    workdir = small_filesystem("64k")
+    fill(workdir)
+    starts = child(monkeypatch, tmp_path)
+    path = _write_experiment(tmp_path, "fullwork", CELL, include=[{"seed": 0}, {"seed": 1}])
+    capfd.readouterr()
+    code, out, err = cli("run", str(path), "--workdir", str(workdir))
+    captured = capfd.readouterr()
+    assert code == 1, err
+    assert "Traceback" not in captured.out + captured.err + out + err
+    assert started(starts) == 0
+    assert "2 cell(s) failed" in err
+    reasons = [line for line in err.splitlines() if line.startswith("  cell ")]
+    assert len(reasons) == 2, err
+    for reason in reasons:
+        assert f"the cell folder {workdir}/fullwork/" in reason
+        assert "No space left on device" in reason and "free of 64.0 KiB" in reason

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from suite import disk
 from suite.cell import EVAL_BN_STATISTICS
 from suite.runner.child import child_command, child_env, parse, write_cell
 from suite.runner.lock import CellLock
@@ -121,6 +122,16 @@ def interrupted_reason(exc: BaseException) -> str:
     if not text:
         text = "Ctrl-C, SIGINT" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__
     return f"the runner was interrupted ({text})"
+
+
+def folder_error(folder: Path, exc: OSError) -> str:
+    """The reason of a cell whose folder cannot be written: the folder, the error and the free
+    space there (a full disk is the usual cause)."""
+    return (
+        f"the cell folder {folder} cannot be written ({type(exc).__name__}: "
+        f"{exc.strerror or exc}; {disk.free_space(disk.nearest_existing(folder))}); free space "
+        "there or choose another --workdir"
+    )
 
 
 def _failure_reason(report: _Report, returncode: int, log: Path) -> str:
@@ -214,7 +225,11 @@ def train_and_record(
     cell = planned.cell
     folder = cell_folder(workdir, tracker.experiment, cell.cell_id)
     lock = CellLock(folder / "lock")
-    if not lock.acquire():
+    try:
+        held = lock.acquire()
+    except OSError as exc:
+        return CellOutcome(planned, "FAILED", folder_error(folder, exc))
+    if not held:
         return CellOutcome(planned, BUSY, f"locked by another runner ({folder / 'lock'})")
     try:
         remove_stale_temp_files(folder)
@@ -278,10 +293,13 @@ def _run_child(
     cell = planned.cell
     log = folder / "log.txt"
     try:
+        command = child_command(cell.nproc, write_cell(cell, folder / "cell.json"), folder, device)
+    except OSError as exc:  # before any run is opened: nothing to end
+        return CellOutcome(planned, "FAILED", folder_error(folder, exc))
+    try:
         run = tracker.start_cell(cell, extra_tags=_tags(cell, folder))
     except StoreFault as fault:
         return CellOutcome(planned, NOT_STARTED, str(fault), fault=fault)
-    command = child_command(cell.nproc, write_cell(cell, folder / "cell.json"), folder, device)
     proc = None
     try:
         with open(log, "a") as logf:
@@ -300,6 +318,8 @@ def _run_child(
         if proc is not None:
             _stop(proc)
         reason = f"the runner failed while watching the cell: {type(exc).__name__}: {exc}"
+        if disk.is_full_error(exc):
+            reason = folder_error(folder, exc)
         with contextlib.suppress(Exception):
             run.finish("FAILED", reason)
         return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log)

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from suite import disk
 from suite.runner.execute import (
     BUSY,
     NOT_STARTED,
@@ -97,17 +98,11 @@ def check_device(device: str, nproc: int) -> None:
         )
 
 
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def check_workdir(workdir: str | Path) -> None:
     """``--workdir`` is a folder, or can be created: its closest existing ancestor is a folder
     that accepts a new file (probed with a temporary file, removed at once). Creates nothing."""
     path = Path(workdir).absolute()
-    existing = _nearest_existing(path)
+    existing = disk.nearest_existing(path)
     try:
         if not existing.is_dir():
             what = "is" if existing == path else f"(an ancestor of {path}) is"
