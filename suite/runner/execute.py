@@ -17,8 +17,10 @@ not trained again.
 When the store stops answering (:class:`~suite.tracking.faults.StoreFault`: a server unreachable
 for the retry budget, a full disk), the cell's process trains on and its metrics wait in the run's
 queue; its result is written to ``summary.json`` in the cell folder before it is logged
-(:mod:`suite.runner.saved`). If the store is still gone at the end, the outcome carries the fault
-(the matrix stops there) and a rerun records the cell from that file instead of training it again.
+(:mod:`suite.runner.saved`). At the end the result is logged with one more attempt (the retry
+budget was spent when the fault was met); if the store is still gone, the outcome carries the
+fault (the matrix stops there) and a rerun records the cell from that file instead of training it
+again. One outage costs one retry budget, about 30 s, not MLflow's minutes per call.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from suite.runner.lock import CellLock
 from suite.runner.plan import PlannedCell, cell_folder
 from suite.runner.progress import ProgressView
 from suite.runner.saved import SAVED_NAME, read_saved, write_saved
-from suite.tracking.faults import StoreFault
+from suite.tracking.faults import StoreFault, retry_budget
 
 if TYPE_CHECKING:
     from suite.cell import CellConfig
@@ -331,17 +333,19 @@ def _run_child(
         raise
     finally:
         view.clear()
-    if returncode == 0 and report.result is not None:
-        return _record_result(planned, run, folder, report)
-    reason = _failure_reason(report, returncode, log)
-    if report.traceback and report.fault is None:
-        with contextlib.suppress(Exception):
-            run.log_text(report.traceback, "traceback.txt")
-    try:
-        run.finish("FAILED", reason)
-    except StoreFault as fault:
-        return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log, fault=fault)
-    return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log)
+    # a store that failed during the cell has had its retry budget: one more attempt, no waiting
+    with retry_budget(0) if report.fault is not None else contextlib.nullcontext():
+        if returncode == 0 and report.result is not None:
+            return _record_result(planned, run, folder, report)
+        reason = _failure_reason(report, returncode, log)
+        if report.traceback and report.fault is None:
+            with contextlib.suppress(Exception):
+                run.log_text(report.traceback, "traceback.txt")
+        try:
+            run.finish("FAILED", reason)
+        except StoreFault as fault:
+            return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log, fault=fault)
+        return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log)
 
 
 def _record_result(
