@@ -12,7 +12,9 @@ Importing this package is cheap (no torch, no MLflow); the modules:
   ``render_plan``, ``parse_shard``);
 - ``run``      the checks before training and the loop over pending cells;
 - ``execute``  one cell: lock, MLflow run, the cell's process, recording (who records what);
-- ``saved``    a trained cell's result kept in its folder until the store has it;
+- ``outcome``  what became of a cell in one run (statuses), the ``summary.json`` artifact;
+- ``saved``    a trained cell's result kept in its folder until the store has it, and recording
+  it from there;
 - ``child``    the cell's process (``bnsuite _cell``): its command line and environment, its
   input file, the event lines it writes, what it runs;
 - ``progress`` bars and tables; ``lock`` the per-cell lock.

@@ -26,7 +26,6 @@ again. One outage costs one retry budget, about 30 s, not MLflow's minutes per c
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import signal
 import subprocess
 import time
@@ -36,41 +35,28 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from suite import disk
-from suite.cell import EVAL_BN_STATISTICS
 from suite.runner.child import child_command, child_env, parse, write_cell
 from suite.runner.lock import CellLock
+from suite.runner.outcome import (
+    BUSY,
+    NOT_STARTED,
+    SKIPPED,
+    UNRECORDED,
+    CellOutcome,
+    cell_tags,
+    numeric,
+    summary,
+)
 from suite.runner.plan import PlannedCell, cell_folder
 from suite.runner.progress import ProgressView
-from suite.runner.saved import SAVED_NAME, read_saved, write_saved
+from suite.runner.saved import read_saved, record_saved, write_saved
 from suite.tracking.faults import StoreFault, retry_budget
 
 if TYPE_CHECKING:
-    from suite.cell import CellConfig
     from suite.tracking import CellRun, Tracker
 
-EVAL_ENCODER_TAG = "suite.eval_encoder"
 STOP_GRACE_S = 10.0
 TAIL_LINES = 20
-
-# outcome statuses besides MLflow's FINISHED / FAILED / KILLED
-SKIPPED = "SKIPPED"  # finished by another runner meanwhile
-BUSY = "BUSY"  # locked by another live runner
-UNRECORDED = "UNRECORDED"  # trained, result in its summary.json; the store stopped answering
-NOT_STARTED = "NOT STARTED"  # the store stopped answering before this cell could start
-
-
-@dataclass
-class CellOutcome:
-    """What became of one pending cell in this invocation."""
-
-    planned: PlannedCell
-    status: str
-    reason: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    run_id: str | None = None
-    log: Path | None = None
-    fault: StoreFault | None = None  # the store stopped answering: the matrix stops here
-    saved: Path | None = None  # the cell's result, kept in its folder, not yet recorded
 
 
 @dataclass
@@ -85,34 +71,6 @@ class _Report:
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     fault: StoreFault | None = None  # the first store fault while the cell ran
     unsent_tags: dict[str, Any] = field(default_factory=dict)
-
-
-def summary(cell: CellConfig, run_id: str, metrics: dict[str, Any], device: str | None) -> dict:
-    """The ``summary.json`` artifact: the metrics with the cell id, the evaluated encoder and the
-    evaluation protocol that produced them (the cell's ``eval`` keys, ``encoder`` resolved)."""
-    protocol = {
-        **dataclasses.asdict(cell.eval),
-        "encoder": cell.eval_encoder,
-        "bn_statistics": EVAL_BN_STATISTICS,
-    }
-    return {
-        "experiment": cell.experiment,
-        "cell_id": cell.cell_id,
-        "run_id": run_id,
-        "eval_encoder": cell.eval_encoder,
-        "protocol": protocol,
-        "device": device,
-        "metrics": metrics,
-    }
-
-
-def numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    """The entries MLflow can store as metrics (numbers, not booleans)."""
-    return {
-        k: float(v)
-        for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
 
 
 def interrupted_reason(exc: BaseException) -> str:
@@ -243,50 +201,10 @@ def train_and_record(
             return CellOutcome(planned, SKIPPED, "finished by another runner meanwhile")
         saved = read_saved(folder, cell.cell_id)
         if saved is not None:
-            return _record_saved(planned, tracker, folder, saved)
+            return record_saved(planned, tracker, folder, saved)
         return _run_child(planned, tracker, folder, device, view)
     finally:
         lock.release()
-
-
-def _tags(cell: CellConfig, folder: Path) -> dict[str, str]:
-    return {EVAL_ENCODER_TAG: cell.eval_encoder, "suite.workdir": str(folder)}
-
-
-def _record_saved(
-    planned: PlannedCell, tracker: Tracker, folder: Path, saved: dict[str, Any]
-) -> CellOutcome:
-    """Record a cell from the ``summary.json`` an earlier run saved: a new run (the one left
-    RUNNING is ended KILLED by ``start_cell``) with the streamed history, the final metrics and
-    the artifact; nothing is trained."""
-    cell, path = planned.cell, folder / SAVED_NAME
-    tags = {**_tags(cell, folder), "suite.recorded_from": str(path)}
-    if saved.get("device"):
-        tags["suite.device"] = str(saved["device"])
-    try:
-        run = tracker.start_cell(cell, extra_tags=tags)
-    except StoreFault as fault:
-        return CellOutcome(planned, NOT_STARTED, str(fault), fault=fault, saved=path)
-    metrics, history = saved["metrics"], saved.pop("history")
-    record = {**saved, "run_id": run.run_id}
-    try:
-        for step, values in history:
-            run.queue_metrics(numeric(values), step=step)
-        run.log_metrics(numeric(metrics), step=int(metrics.get("train/steps", 0) or 0))
-        run.log_dict(record, "summary.json")
-        run.finish("FINISHED")
-    except StoreFault as fault:
-        reason = f"trained, but not recorded: {fault}"
-        return CellOutcome(planned, UNRECORDED, reason, metrics, run.run_id, None, fault, path)
-    except Exception as exc:  # a saved file this runner cannot log (edited by hand?)
-        reason = f"recording {path} failed: {type(exc).__name__}: {exc}"
-        with contextlib.suppress(Exception):
-            run.finish("FAILED", reason)
-        return CellOutcome(planned, "FAILED", reason, {}, run.run_id)
-    with contextlib.suppress(OSError):
-        write_saved(folder, record, history)  # now names the run it was recorded in
-    note = f"recorded from {path} (trained by an earlier run)"
-    return CellOutcome(planned, "FINISHED", note, metrics, run.run_id, folder / "log.txt")
 
 
 def _run_child(
@@ -299,7 +217,7 @@ def _run_child(
     except OSError as exc:  # before any run is opened: nothing to end
         return CellOutcome(planned, "FAILED", folder_error(folder, exc))
     try:
-        run = tracker.start_cell(cell, extra_tags=_tags(cell, folder))
+        run = tracker.start_cell(cell, extra_tags=cell_tags(cell, folder))
     except StoreFault as fault:
         return CellOutcome(planned, NOT_STARTED, str(fault), fault=fault)
     proc = None

@@ -2,7 +2,7 @@
 
 ``<workdir>/<experiment>/<cell_id>/summary.json`` is written (atomically) by the runner as soon as
 the cell's process reports its result, before any of that result is logged: the ``summary.json``
-artifact (:func:`suite.runner.execute.summary`) plus ``history``, every metrics event the cell
+artifact (:func:`suite.runner.outcome.summary`) plus ``history``, every metrics event the cell
 streamed as ``[step, {name: value}]`` pairs in order. When the store stops answering before the
 result is logged, the file is what is left; the next ``bnsuite run`` of a cell that has no
 FINISHED run but this file records the cell from it (a new run: history, final metrics, artifact)
@@ -20,7 +20,14 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from suite.runner.outcome import NOT_STARTED, UNRECORDED, CellOutcome, cell_tags, numeric
+from suite.tracking.faults import StoreFault
+
+if TYPE_CHECKING:
+    from suite.runner.plan import PlannedCell
+    from suite.tracking import Tracker
 
 SAVED_NAME = "summary.json"
 
@@ -64,3 +71,39 @@ def read_saved(folder: Path, cell_id: str) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         return None
     return blob
+
+
+def record_saved(
+    planned: PlannedCell, tracker: Tracker, folder: Path, saved: dict[str, Any]
+) -> CellOutcome:
+    """Record a cell from the ``summary.json`` an earlier run saved: a new run (the one left
+    RUNNING is ended KILLED by ``start_cell``) with the streamed history, the final metrics and
+    the artifact; nothing is trained."""
+    cell, path = planned.cell, folder / SAVED_NAME
+    tags = {**cell_tags(cell, folder), "suite.recorded_from": str(path)}
+    if saved.get("device"):
+        tags["suite.device"] = str(saved["device"])
+    try:
+        run = tracker.start_cell(cell, extra_tags=tags)
+    except StoreFault as fault:
+        return CellOutcome(planned, NOT_STARTED, str(fault), fault=fault, saved=path)
+    metrics, history = saved["metrics"], saved.pop("history")
+    record = {**saved, "run_id": run.run_id}
+    try:
+        for step, values in history:
+            run.queue_metrics(numeric(values), step=step)
+        run.log_metrics(numeric(metrics), step=int(metrics.get("train/steps", 0) or 0))
+        run.log_dict(record, "summary.json")
+        run.finish("FINISHED")
+    except StoreFault as fault:
+        reason = f"trained, but not recorded: {fault}"
+        return CellOutcome(planned, UNRECORDED, reason, metrics, run.run_id, None, fault, path)
+    except Exception as exc:  # a saved file this runner cannot log (edited by hand?)
+        reason = f"recording {path} failed: {type(exc).__name__}: {exc}"
+        with contextlib.suppress(Exception):
+            run.finish("FAILED", reason)
+        return CellOutcome(planned, "FAILED", reason, {}, run.run_id)
+    with contextlib.suppress(OSError):
+        write_saved(folder, record, history)  # now names the run it was recorded in
+    note = f"recorded from {path} (trained by an earlier run)"
+    return CellOutcome(planned, "FINISHED", note, metrics, run.run_id, folder / "log.txt")
