@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -82,11 +83,18 @@ def statuses(rows: list[dict]) -> list[str]:
     return sorted(r["status"] for r in rows)
 
 
-def quiet_output(captured: str) -> None:
-    """No traceback and no library log line reached the terminal (file descriptors 1 and 2)."""
+def quiet_output(captured: str, caplog: pytest.LogCaptureFixture) -> None:
+    """No traceback reached the terminal (file descriptors 1 and 2), and MLflow, urllib3 and
+    SQLAlchemy logged nothing at WARNING or above (the runner says what happened)."""
     assert "Traceback" not in captured, captured
     for noise in ("ERROR mlflow", "Retrying (Retry(", "WARNING mlflow", "sqlalchemy.exc"):
         assert noise not in captured, captured
+    loud = [
+        f"{r.name}: {r.getMessage()[:200]}"
+        for r in caplog.records
+        if r.name.startswith(("mlflow", "urllib3", "sqlalchemy")) and r.levelno >= logging.WARNING
+    ]
+    assert loud == []
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +167,7 @@ def server(tmp_path, template_db):
 
 
 def test_a_server_killed_mid_cell_ends_in_one_message_and_the_rerun_records_it(
-    server, tmp_path, monkeypatch, capfd
+    server, tmp_path, monkeypatch, capfd, caplog
 ):
     """Two cells against a real ``mlflow server``, killed (SIGKILL, its whole process group)
     while cell 1 trains. The runner lets cell 1 finish, saves its result in its folder's
@@ -189,7 +197,7 @@ def test_a_server_killed_mid_cell_ends_in_one_message_and_the_rerun_records_it(
     (message,) = [line for line in err.splitlines() if "unreachable" in line]
     assert f"tracking server {server.uri} unreachable since " in message
     assert "checkpoints kept" in message and "rerun the same command to record" in message
-    quiet_output(captured.out + captured.err + out + err)
+    quiet_output(captured.out + captured.err + out + err, caplog)
     from suite.config import load_experiment
 
     first, second = (c.cell_id for c in load_experiment(path).cells())
@@ -231,7 +239,7 @@ def full_store(small_filesystem, template_db, monkeypatch, tmp_path) -> tuple[st
 
 
 def test_a_full_store_before_a_cell_is_one_line_and_a_rerun_ends_what_it_left(
-    small_filesystem, template_db, tmp_path, monkeypatch, capfd
+    small_filesystem, template_db, tmp_path, monkeypatch, capfd, caplog
 ):
     """The experiment exists, then the store's filesystem fills (a real tmpfs). run exits 1 with
     one line naming the store and 'disk full' and the space left; no traceback and no MLflow log
@@ -252,7 +260,7 @@ def test_a_full_store_before_a_cell_is_one_line_and_a_rerun_ends_what_it_left(
     (message,) = [line for line in err.splitlines() if "disk full" in line]
     assert message.startswith(f"bnsuite run: tracking store {uri} disk full since ")
     assert f"in {folder})" in message and "free of 4.0 MiB" in message
-    quiet_output(captured.out + captured.err + out + err)
+    quiet_output(captured.out + captured.err + out + err, caplog)
     assert started(starts) == 0
 
     (folder / "filler").unlink()
@@ -264,7 +272,7 @@ def test_a_full_store_before_a_cell_is_one_line_and_a_rerun_ends_what_it_left(
 
 
 def test_a_store_filled_during_a_cell_keeps_its_result_for_the_rerun(
-    small_filesystem, template_db, tmp_path, monkeypatch, capfd
+    small_filesystem, template_db, tmp_path, monkeypatch, capfd, caplog
 ):
     """The store's disk fills while the cell trains: the cell finishes, its result is saved in
     summary.json, run exits 1 with one 'disk full' line and no MLflow log line. After space is
@@ -284,7 +292,7 @@ def test_a_store_filled_during_a_cell_keeps_its_result_for_the_rerun(
     assert code == 1, err
     (message,) = [line for line in err.splitlines() if "disk full" in line]
     assert "summary.json" in message and "free space on the store's disk" in message
-    quiet_output(captured.out + captured.err + out + err)
+    quiet_output(captured.out + captured.err + out + err, caplog)
 
     (folder / "filler").unlink()
     code, out, err = cli(*args)
