@@ -151,7 +151,7 @@ def save_atomic(obj: Any, path: Path) -> None:
                 errno.ENOSPC,
                 f"no space left on device: {path.name} could not be written in {path.parent} "
                 f"({disk.free_space(path.parent)} after removing the partial file); free space "
-                "there or choose another --workdir, then run again (the previous checkpoint "
+                "there or choose another --workdir, then run again (any previous checkpoint "
                 "is kept)",
             ) from exc
         raise
