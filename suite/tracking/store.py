@@ -10,6 +10,9 @@ Matrix shards on one host may share one SQLite file. Two things can go wrong the
   database's folder (after the slow imports, so only the schema check/migration is serial).
 
 A retried call either committed nothing (the lock error aborts its transaction) or is idempotent.
+A store that stops answering (a server unreachable, a full disk) is raised by :func:`with_retry` as
+:class:`suite.tracking.faults.StoreFault`; inside :func:`suite.tracking.faults.retry_budget` (the
+runner) an unreachable server is retried for that budget in seconds first.
 
 Reading (:func:`open_reader`, for ``plan``, ``check`` and ``report``) never writes: a SQLite store
 that does not exist is "no runs yet" (nothing is created), and an existing one is opened through
