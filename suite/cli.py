@@ -6,7 +6,8 @@ modules (torch, timm, MLflow) are imported inside the ``cmd_`` functions only, s
 --help`` answers at once. To add a sub-command, write the pair and list ``add_<name>`` in
 :data:`SUBCOMMANDS`.
 
-Exit codes: 0 success; 1 a cell failed (``run``), a check failed or a run is missing
+Exit codes: 0 success; 1 a cell failed or the tracking store stopped answering mid-run (``run``;
+rerun to record), a check failed or a run is missing
 (``check``), nothing to report (``report``); 2 a usage, configuration, data or tracking error,
 reported before any training starts; 130 interrupted.
 """
