@@ -6,7 +6,8 @@ modules (torch, timm, MLflow) are imported inside the ``cmd_`` functions only, s
 --help`` answers at once. To add a sub-command, write the pair and list ``add_<name>`` in
 :data:`SUBCOMMANDS`.
 
-Exit codes: 0 success; 1 a cell failed (``run``), a check failed or a run is missing
+Exit codes: 0 success; 1 a cell failed or the tracking store stopped answering mid-run (``run``;
+rerun to record), a check failed or a run is missing
 (``check``), nothing to report (``report``); 2 a usage, configuration, data or tracking error,
 reported before any training starts; 130 interrupted.
 """
@@ -118,7 +119,14 @@ def add_run(sub: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from suite.config import ConfigError
     from suite.data import DataError
-    from suite.runner import load_plan, prepare, render_failures, render_summary, run_plan
+    from suite.runner import (
+        load_plan,
+        prepare,
+        render_failures,
+        render_fault,
+        render_summary,
+        run_plan,
+    )
     from suite.runner.run import PreflightError
     from suite.tracking import TrackingError
 
@@ -137,8 +145,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"nothing to do: all {len(plan.cells)} cells are done ({plan.tracking_uri})")
     report = run_plan(plan, tracker, workdir=args.workdir, device=args.device)
     print(render_summary(report))
-    if report.failed:
-        print(render_failures(report), file=sys.stderr)
+    failures = render_failures(report)
+    if failures:
+        print(failures, file=sys.stderr)
+    if report.fault is not None:
+        print(render_fault(report), file=sys.stderr)
     if report.busy:
         ids = ", ".join(o.planned.cell_id for o in report.busy)
         print(f"skipped, locked by another runner (still training): {ids}", file=sys.stderr)
@@ -462,6 +473,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from suite.check import BaselineError, baselines_for, check_plan, default_baseline_files
     from suite.config import ConfigError
     from suite.report import write_report
+    from suite.runner.plan import folder_name
     from suite.tracking import TrackingError
 
     try:
@@ -492,7 +504,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
     except (OSError, UnicodeDecodeError) as exc:
         return usage_error(ValueError(f"--notes: cannot read {args.notes!r} ({exc})"), "report")
-    out = Path(args.out) if args.out else Path("reports") / plan.name
+    out = Path(args.out) if args.out else Path("reports") / folder_name(plan.name)
     command = "bnsuite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     written = write_report(plan, result, out, command=command, notes=notes.strip())
     for path in written:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import resource
@@ -16,7 +17,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from suite import disk
+
 DEVICES = ("auto", "cpu", "cuda")
+TEMP_SUFFIX = ".tmp"
 
 
 def resolve_device(preference: str = "auto") -> torch.device:
@@ -111,20 +115,58 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or "cpu"
 
 
+class DiskFull(OSError):
+    """A file could not be written for want of space; the message names the folder and its free
+    space (``errno`` is ENOSPC)."""
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """True when ``exc``'s chain holds ENOSPC/EDQUOT, or torch's writer failed (``unexpected
+    pos``, its word for a short write) in a folder with under 1 MiB free."""
+    if disk.is_full_error(exc):
+        return True
+    short_write = any("unexpected pos" in str(e) for e in disk.exception_chain(exc))
+    free = disk.free_bytes(folder)
+    return short_write and free is not None and free < 2**20
+
+
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    """torch.save to a temporary file in the same folder (``<name>.<random>.tmp``), then rename
+    over ``path``: ``path`` is always a whole file. A full disk raises :class:`DiskFull` naming the
+    folder and its free space (torch's own error, ``unexpected pos``, hides the cause); the
+    temporary file is removed and ``path`` keeps its previous content."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, Exception) and _disk_full(exc, path.parent):
+            raise DiskFull(
+                errno.ENOSPC,
+                f"no space left on device: {path.name} could not be written in {path.parent} "
+                f"({disk.free_space(path.parent)} after removing the partial file); free space "
+                "there or choose another --workdir, then run again (any previous checkpoint "
+                "is kept)",
+            ) from exc
         raise
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Remove the temporary files that killed :func:`save_atomic` calls left in ``folder``
+    (``checkpoint*.pt.*.tmp``); call it only while no process writes there (under the cell lock).
+    The removed paths."""
+    removed = []
+    for file in Path(folder).glob(f"checkpoint*.pt.*{TEMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            file.unlink()
+            removed.append(file)
+    return removed
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:

@@ -18,9 +18,13 @@ NaN, inf or ``|x| >= 2**64`` — checked at every logging step, before every che
 diverged state is never saved) and before evaluation: one reduction per tensor and one host
 synchronisation, never per step. The probes then refuse features that break the same rule.
 
-A checkpoint (method, optimiser, step) is written atomically every ``checkpoint_every`` steps and at
-the end; a restart resumes from it and, on CPU, continues bit-identically (the data order and
-augmentations are a pure function of seed, epoch and batch index). A checkpoint that cannot be
+A checkpoint (method, optimiser, step, and what the run has logged so far: the metric history, the
+last logged values, the step timings) is written atomically every ``checkpoint_every`` steps and at
+the end; a restart resumes from it, emits the history again (the new run gets the whole loss curve,
+not only the resumed part), reports the last loss and the timings of every step trained, and, on
+CPU, continues bit-identically (the data order and augmentations are a pure function of seed,
+epoch and batch index). A cell killed during evaluation resumes at its last step and only
+evaluates. A checkpoint that cannot be
 read fails the cell with :class:`CheckpointError` naming the file; the cell's checkpoint files are
 moved aside first, so the next run restarts the cell from step 0.
 """
@@ -196,6 +200,18 @@ class StepTimer:
             self.step_s.extend(a.elapsed_time(b) / 1e3 for a, b in done)
         self._events = [(a, b) for a, b in self._events if b is None]
 
+    def state_dict(self) -> dict[str, Any]:
+        """The timings so far (CUDA events read first), for a checkpoint."""
+        self.flush()
+        return {
+            "step_s": torch.tensor(self.step_s, dtype=torch.float64),
+            "wait_s": torch.tensor(self.wait_s, dtype=torch.float64),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_s = [float(v) for v in state["step_s"].tolist()]
+        self.wait_s = [float(v) for v in state["wait_s"].tolist()]
+
     def summary(self, samples_per_step: int, skip: int) -> dict[str, float]:
         self.flush()
         steps = self.step_s[skip:] or self.step_s
@@ -351,6 +367,9 @@ def train_cell(
     # Each rank keeps its own file: the teacher's BN buffers (MomentumBN history) are per rank.
     ckpt_path = workdir / ("checkpoint.pt" if dinfo.is_main else f"checkpoint.rank{dinfo.rank}.pt")
     step = 0
+    timer = StepTimer(cuda=dev.type == "cuda")
+    shown: dict[str, float] = {}  # the latest host-side logs (on CUDA: of the last logging step)
+    history: list[tuple[int, dict[str, float]]] = []  # what log_metrics was given, in order
     state = load_checkpoint(ckpt_path)
     if state is not None:
         if state.get("cell_id") != cell.cell_id:
@@ -361,8 +380,21 @@ def train_cell(
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         step = int(state["step"])
+        logged = state.get("logged") or {}  # absent in checkpoints of earlier versions
+        history = [(int(at), dict(values)) for at, values in logged.get("history", [])]
+        shown = dict(logged.get("shown", {}))
+        if "timer" in logged:
+            timer.load_state_dict(logged["timer"])
+        if log_metrics is not None:
+            for at, values in history:
+                log_metrics(values, at)
 
     def save() -> None:
+        logged = {
+            "history": [[at, values] for at, values in history],
+            "shown": {k: float(v) for k, v in shown.items()},
+            "timer": timer.state_dict(),
+        }
         runtime.save_atomic(
             {
                 "cell_id": cell.cell_id,
@@ -370,6 +402,7 @@ def train_cell(
                 "method": method.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
+                "logged": logged,
             },
             ckpt_path,
         )
@@ -384,10 +417,8 @@ def train_cell(
             check_state(method, at, dinfo)
             checked_at = at
 
-    timer = StepTimer(cuda=dev.type == "cuda")
     runtime.reset_peak_memory(dev)
     method.train()
-    shown: dict[str, float] = {}  # the latest host-side logs (on CUDA: of the last logging step)
     watch = LossWatch(dev, deferred=dev.type == "cuda")
     resumed_at = step
     autocast = runtime.autocast_context(dev, cell.precision)
@@ -424,8 +455,11 @@ def train_cell(
             if logging_step or checkpoint_step:
                 check(step)  # before the save: a diverged state is never checkpointed
                 timer.flush()  # check() has synchronised already
-            if log_metrics is not None and logging_step:
-                log_metrics({f"train/{k}": float(v) for k, v in shown.items()}, step)
+            if logging_step:
+                values = {f"train/{k}": float(v) for k, v in shown.items()}
+                history.append((step, values))
+                if log_metrics is not None:
+                    log_metrics(values, step)
             if checkpoint_step:
                 save()
             if stop_at_step is not None and step >= stop_at_step:

@@ -1,4 +1,5 @@
-"""Helpers shared by the CLI and runner tests: write an experiment file, call ``bnsuite``."""
+"""Helpers shared by the CLI and runner tests: write an experiment file, call ``bnsuite``, fill a
+filesystem."""
 
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ def cli(*argv: str) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(argv))
     return code, out.getvalue(), err.getvalue()
+
+
+def fill(folder: Path) -> None:
+    """Write ``folder/filler`` until its filesystem refuses more (ENOSPC)."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass

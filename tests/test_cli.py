@@ -220,3 +220,56 @@ def test_sqlite_uri_naming_a_folder_exits_2(tmp_path):
     for command in ("plan", "run"):
         code, _, err = cli(command, str(path), "--tracking-uri", uri)
         assert code == 2 and "is a folder, not a SQLite database file" in err
+
+
+def test_workdir_under_a_regular_file_exits_2_and_creates_nothing(tmp_path, mlflow_tmp):
+    """--workdir below a regular file: exit 2 naming --workdir and the file, before the store or
+    the MLflow experiment is created (no NotADirectoryError traceback from the cell lock)."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    path = write_experiment(tmp_path, "underfile")
+    code, out, err = cli("run", str(path), "--workdir", str(blocker / "runs"))
+    assert code == 2 and out == ""
+    assert "--workdir" in err and f"{blocker} (an ancestor of" in err and "not a folder" in err
+    assert "Traceback" not in err
+    assert not Path(mlflow_tmp.removeprefix("sqlite:///")).exists()
+
+
+def test_batch_larger_than_an_in_memory_dataset_exits_2_before_anything_is_recorded(
+    tmp_path, mlflow_tmp
+):
+    """batch_size 4096 on the synthetic set (2048 SSL images; batches drop the remainder, so no
+    step would train): exit 2 naming batch_size, the value, the dataset and the largest valid
+    batch, with no store, no run and no cell folder."""
+    path = write_experiment(tmp_path, "hugebatch", batch_size=4096)
+    code, _, err = cli("run", str(path), "--workdir", str(tmp_path / "runs"))
+    assert code == 2, err
+    assert "batch_size: 4096" in err and "'synthetic'" in err and "batch_size <= 2048" in err
+    assert not (tmp_path / "runs").exists()
+    assert not Path(mlflow_tmp.removeprefix("sqlite:///")).exists()
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute"])
+def test_report_default_folder_stays_under_reports(tmp_path, mlflow_tmp, monkeypatch, kind):
+    """An experiment named with '..' or as an absolute path (inside tmp_path, so that the old
+    behaviour could do no harm): report's default --out is ./reports/<the name as one folder
+    name>, as for the work and artifact folders; nothing is written outside ./reports."""
+    from suite.config import load_experiment
+    from suite.runner.plan import folder_name
+    from suite.tracking import Tracker
+
+    outside = tmp_path / "escaped"
+    name = "../../../escaped" if kind == "relative" else str(outside)
+    path = tmp_path / "named.yaml"
+    path.write_text(yaml.safe_dump({"name": name, **CELL}))
+    (the_cell,) = load_experiment(path).cells()
+    Tracker(mlflow_tmp, name).start_cell(the_cell).finish()
+    work = tmp_path / "a" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    code, out, err = cli("report", str(path))
+    assert code == 0, err
+    written = [Path(line) for line in out.splitlines()]
+    assert written and all(p.resolve().is_relative_to(work / "reports") for p in written)
+    assert [p.name for p in (work / "reports").iterdir()] == [folder_name(name)]
+    assert not outside.exists()

@@ -231,6 +231,19 @@ def test_one_sample_per_device_is_rejected_for_per_device_bn_only(tmp_path):
     assert msg.startswith("cell 1 (bn=[local, sync]): batch_size: 8 over devices=8 leaves 1 sample")
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_bn_group_of_one_sample_is_refused_for_every_strategy(tmp_path, strategy):
+    """batch_size 1 on one device, the teacher on each strategy (the student on it too where it
+    may be, else on sync): every BN group would hold 1 sample (sync normalises each view on its
+    own, so its group is one view's batch), so the file is refused naming batch_size, the
+    strategy and the smallest valid batch, before any cell is built."""
+    student = "sync" if strategy in ("momentum", "shuffle") else strategy
+    text = HEAD + NO_WARMUP + f"batch_size: 1\ndevices: 1\nbn: [{student}, {strategy}]\n"
+    msg = the_error(tmp_path, text)
+    assert msg.startswith("cell 0: batch_size: 1 ") and "at least 2 samples" in msg
+    assert f"'{student}'" in msg and "choose batch_size >= 2" in msg
+
+
 def test_moco_queue_not_a_multiple_of_the_global_batch(tmp_path):
     text = HEAD + "batch_size: 64\nmatrix:\n  method: [byol, {name: mocov2, queue_size: 100}]\n"
     msg = the_error(tmp_path, text)

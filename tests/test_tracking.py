@@ -476,3 +476,60 @@ def test_the_linear_probe_protocol_of_each_run_is_a_param(store, tmp_path):
     rows = read_runs(store, EXPERIMENT)
     assert sorted(r["params"]["eval.linear.protocol"] for r in rows) == ["augmented", "cached"]
     assert len({r["cell_id"] for r in rows}) == 2
+
+
+def test_an_unreachable_store_is_retried_for_the_budget_in_seconds_then_a_store_fault():
+    """Inside retry_budget(1.0): a call failing with MLflow's 'Max retries exceeded … Connection
+    refused' is repeated for about 1 s, then raised as StoreFault(kind 'unreachable') whose
+    'since' is the first failure; MLflow's own HTTP retries are off inside the block and the
+    environment is as before after it (a value the user set is kept)."""
+    from mlflow.exceptions import MlflowException
+
+    from suite.tracking.faults import UNREACHABLE, StoreFault, retry_budget
+
+    calls: list[float] = []
+
+    def refused():
+        calls.append(time.time())
+        raise MlflowException(
+            "API request to http://127.0.0.1:1/api failed with exception HTTPConnectionPool("
+            "host='127.0.0.1', port=1): Max retries exceeded (Connection refused)"
+        )
+
+    before = dict(os.environ)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "77"
+    try:
+        with retry_budget(1.0):
+            assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+            assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
+            t0 = time.monotonic()
+            with pytest.raises(StoreFault) as err:
+                with_retry(refused)
+            elapsed = time.monotonic() - t0
+        assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") == before.get(
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+        )
+    finally:
+        os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT")
+        if "MLFLOW_HTTP_REQUEST_TIMEOUT" in before:
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = before["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+    assert err.value.kind == UNREACHABLE and len(calls) >= 2
+    assert 0.9 <= elapsed < 3.0
+    assert err.value.since == pytest.approx(calls[0], abs=0.05)
+    assert "Connection refused" in str(err.value)
+
+
+def test_outside_a_retry_budget_an_unreachable_store_fails_at_once():
+    """Outside retry_budget (plan, check, report) with_retry does not repeat an unreachable call
+    (MLflow's own retries apply); it is still raised as a StoreFault, a TrackingError."""
+    from suite.tracking import TrackingError
+
+    calls = []
+
+    def refused():
+        calls.append(1)
+        raise ConnectionError("Failed to establish a new connection: Connection refused")
+
+    with pytest.raises(TrackingError, match="unreachable since"):
+        with_retry(refused)
+    assert calls == [1]

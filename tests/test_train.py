@@ -275,3 +275,55 @@ def test_immediate_loss_watch_returns_the_host_loss_and_raises_at_the_bad_step()
     assert watch.see(torch.tensor(1.5), 0) == 1.5
     with pytest.raises(TrainingDiverged, match=r"loss became inf at step 7"):
         watch.see(torch.tensor(float("inf")), 7)
+
+
+def test_a_cell_killed_after_its_last_checkpoint_resumes_with_its_training_metrics(tmp_path):
+    """Killed during evaluation (its checkpoint is at the last step): the resumed cell trains no
+    step, yet returns train/loss_final equal to the uninterrupted cell's, images_per_s, step_ms
+    and data_wait_fraction, and emits the whole loss curve (steps 1..4) equal to the
+    uninterrupted one; a cell resumed midway (step 2) emits steps 1..4 too, not only 3..4."""
+    cell = tiny_cell()  # 4 steps, a checkpoint every 2, a log line every step
+
+    def logger(into):
+        return lambda values, step: into.append((step, values))
+
+    straight_log: list = []
+    straight = train_cell(
+        cell, device="cpu", workdir=tmp_path / "a", evaluate=False, log_metrics=logger(straight_log)
+    )
+    for stop in (4, 2):
+        workdir = tmp_path / f"stopped{stop}"
+        assert train_cell(
+            cell, device="cpu", workdir=workdir, evaluate=False, stop_at_step=stop
+        ) == {"interrupted_at": stop}
+        resumed_log: list = []
+        resumed = train_cell(
+            cell, device="cpu", workdir=workdir, evaluate=False, log_metrics=logger(resumed_log)
+        )
+        assert resumed["train/resumed_at"] == stop
+        assert resumed["train/loss_final"] == straight["train/loss_final"]
+        assert resumed["images_per_s"] > 0 and resumed["step_ms"] > 0
+        assert 0 <= resumed["data_wait_fraction"] <= 1
+        assert [s for s, _ in resumed_log] == [1, 2, 3, 4]
+        assert resumed_log == straight_log
+
+
+def test_a_full_disk_names_the_checkpoint_folder_and_its_free_space(small_filesystem):
+    """A checkpoint larger than its filesystem (a real 256 KiB tmpfs): save_atomic raises
+    DiskFull (an OSError ENOSPC) naming the folder and its free space, not torch's 'unexpected
+    pos'; no temporary file is left and the previous checkpoint still loads."""
+    import errno
+
+    from suite.runtime import DiskFull, save_atomic
+
+    folder = small_filesystem("256k")
+    path = folder / "checkpoint.pt"
+    save_atomic({"step": 1}, path)
+    with pytest.raises(DiskFull) as err:
+        save_atomic({"step": 2, "big": torch.zeros(2**20)}, path)
+    message = str(err.value)
+    assert err.value.errno == errno.ENOSPC
+    assert "no space left on device" in message and str(folder) in message
+    assert "free of 256.0 KiB" in message and "unexpected pos" not in message
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt"]
+    assert torch.load(path, weights_only=True) == {"step": 1}

@@ -138,10 +138,12 @@ def build(experiment: str, layer: Layer) -> CellConfig:
 def combination_problems(layer: Layer) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` about values that are valid alone but not together.
 
-    Errors: ``batch_size % devices != 0``; ``devices % nproc != 0``; fewer than 2 samples per
-    device where a per-device strategy normalises (BN of one sample is undefined; MomentumBN's
-    ``n/(n-1)`` divides by zero); MoCo's ``queue_size % batch_size != 0`` (the queue is written one
-    global batch at a time); MoCo with a ``pred_hidden`` (it has no predictor).
+    Errors: ``batch_size % devices != 0``; ``devices % nproc != 0``; a BN group of fewer than 2
+    samples for any strategy — one view on one device for the per-device strategies
+    (``batch_size / devices``), one view's whole batch for sync (``batch_size``) — BN of one
+    sample is 0 (the encoder gets no gradient) and MomentumBN's ``n/(n-1)`` divides by zero;
+    MoCo's ``queue_size % batch_size != 0`` (the queue is written one global batch at a time);
+    MoCo with a ``pred_hidden`` (it has no predictor).
     Warnings (the cell runs as written): m2t with a student other than local or a teacher other
     than momentum (an ablation); shuffle with one device (nothing to shuffle: equals local);
     ``warmup_epochs >= epochs`` (the schedule never leaves the warm-up; ``CellConfig``'s own
@@ -162,14 +164,27 @@ def combination_problems(layer: Layer) -> tuple[list[str], list[str]]:
             f"batch_size: {batch} is not divisible by devices={devices}; choose a multiple of "
             f"{devices} (each device's BN sees batch_size / devices samples)"
         )
-    elif ok("batch_size", "devices", "student_bn", "teacher_bn") and batch // devices < 2:
-        per_device = [s for s in (student, teacher) if s != "sync"]
-        if per_device:
+    elif ok("batch_size", "devices", "student_bn", "teacher_bn"):
+        # a BN group: one view's samples on one device (per-device strategies), or one view's
+        # whole batch (sync): with 1 sample the output is 0 and the encoder gets no gradient
+        for field, strategy in (("student_bn", student), ("teacher_bn", teacher)):
+            group = batch if strategy == "sync" else batch // devices
+            if group >= 2:
+                continue
+            if strategy == "sync":
+                fix = "choose batch_size >= 2"
+                where = f"batch_size: {batch} gives SyncBN ({field} 'sync') {group} sample per view"
+            else:
+                fix = f"choose batch_size >= {2 * devices} or fewer devices"
+                where = (
+                    f"batch_size: {batch} over devices={devices} leaves {group} sample per "
+                    f"device, too few for per-device BN ({field} {strategy!r})"
+                )
             errors.append(
-                f"batch_size: {batch} over devices={devices} leaves {batch // devices} sample per "
-                f"device, too few for per-device BN ({per_device[0]!r}); choose batch_size >= "
-                f"{2 * devices} or fewer devices"
+                f"{where}; every BN group needs at least 2 samples (each view is normalised on "
+                f"its own); {fix}"
             )
+            break
     if ok("devices", "nproc") and devices % nproc:
         errors.append(
             f"devices: {devices} is not a multiple of nproc={nproc}; choose a multiple of {nproc} "

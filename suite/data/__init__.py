@@ -15,7 +15,7 @@ from suite.data import builtin, ondisk  # noqa: F401  (registration)
 from suite.data.augment import AUGMENTATIONS, EvalTransform, TwoViewAugment, ViewSpec, view_specs
 from suite.data.datasets import DATASETS, DatasetInfo, channel_stats, check_dataset, get_dataset
 from suite.data.errors import DataError
-from suite.data.loaders import DataBundle, build_data
+from suite.data.loaders import DataBundle, build_data, ssl_sample_count
 
 __all__ = [
     "AUGMENTATIONS",
@@ -28,6 +28,7 @@ __all__ = [
     "ViewSpec",
     "build_data",
     "channel_stats",
+    "ssl_sample_count",
     "check_dataset",
     "get_dataset",
     "view_specs",

@@ -298,6 +298,17 @@ class DataBundle:
         self.close()
 
 
+def ssl_sample_count(name: str, root: str | None) -> int | None:
+    """The number of SSL (training) images of dataset ``name`` as the cells load it, for a
+    dataset held in memory (loaded here at a small size: the count does not depend on it);
+    None for data read from disk as it is used (memmap, files), whose count is not cheap."""
+    info = get_dataset(name)
+    if not info.in_memory:
+        return None
+    options = LoadOptions(info.image_size or 8, DEFAULT_SYNTHETIC_SIZE)
+    return len(info.load(info.check(root), options).ssl)
+
+
 def build_data(
     name: str,
     *,

@@ -12,6 +12,9 @@ Importing this package is cheap (no torch, no MLflow); the modules:
   ``render_plan``, ``parse_shard``);
 - ``run``      the checks before training and the loop over pending cells;
 - ``execute``  one cell: lock, MLflow run, the cell's process, recording (who records what);
+- ``outcome``  what became of a cell in one run (statuses), the ``summary.json`` artifact;
+- ``saved``    a trained cell's result kept in its folder until the store has it, and recording
+  it from there;
 - ``child``    the cell's process (``bnsuite _cell``): its command line and environment, its
   input file, the event lines it writes, what it runs;
 - ``progress`` bars and tables; ``lock`` the per-cell lock.
@@ -36,6 +39,7 @@ from suite.runner.run import (
     load_plan,
     prepare,
     render_failures,
+    render_fault,
     render_summary,
     run_plan,
 )
@@ -54,6 +58,7 @@ __all__ = [
     "parse_shard",
     "prepare",
     "render_failures",
+    "render_fault",
     "render_plan",
     "render_summary",
     "run_plan",

@@ -10,14 +10,22 @@ ends FAILED with the reason in tag ``suite.failure``. If the runner itself dies,
 RUNNING until the next ``start_cell`` of that cell ends it KILLED (stale).
 
 Only one process at a time works on a cell folder: the runner takes its lock file first
-(:class:`suite.runner.lock.CellLock`) and re-reads the store under the lock, so a cell that another
-runner finished meanwhile is not trained again.
+(:class:`suite.runner.lock.CellLock`), removes the temporary files of checkpoint writes that were
+killed, and re-reads the store under the lock, so a cell that another runner finished meanwhile is
+not trained again.
+
+When the store stops answering (:class:`~suite.tracking.faults.StoreFault`: a server unreachable
+for the retry budget, a full disk), the cell's process trains on and its metrics wait in the run's
+queue; its result is written to ``summary.json`` in the cell folder before it is logged
+(:mod:`suite.runner.saved`). At the end the result is logged with one more attempt (the retry
+budget was spent when the fault was met); if the store is still gone, the outcome carries the
+fault (the matrix stops there) and a rerun records the cell from that file instead of training it
+again. One outage costs one retry budget, about 30 s, not MLflow's minutes per call.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import signal
 import subprocess
 import time
@@ -26,35 +34,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from suite.cell import EVAL_BN_STATISTICS
+from suite import disk
 from suite.runner.child import child_command, child_env, parse, write_cell
 from suite.runner.lock import CellLock
+from suite.runner.outcome import (
+    BUSY,
+    NOT_STARTED,
+    SKIPPED,
+    UNRECORDED,
+    CellOutcome,
+    cell_tags,
+    numeric,
+    summary,
+)
 from suite.runner.plan import PlannedCell, cell_folder
 from suite.runner.progress import ProgressView
+from suite.runner.saved import read_saved, record_saved, write_saved
+from suite.tracking.faults import StoreFault, retry_budget
 
 if TYPE_CHECKING:
-    from suite.cell import CellConfig
     from suite.tracking import CellRun, Tracker
 
-EVAL_ENCODER_TAG = "suite.eval_encoder"
 STOP_GRACE_S = 10.0
 TAIL_LINES = 20
-
-# outcome statuses besides MLflow's FINISHED / FAILED / KILLED
-SKIPPED = "SKIPPED"  # finished by another runner meanwhile
-BUSY = "BUSY"  # locked by another live runner
-
-
-@dataclass
-class CellOutcome:
-    """What became of one pending cell in this invocation."""
-
-    planned: PlannedCell
-    status: str
-    reason: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    run_id: str | None = None
-    log: Path | None = None
 
 
 @dataclass
@@ -66,34 +68,9 @@ class _Report:
     error: str | None = None
     traceback: str | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
-
-
-def summary(cell: CellConfig, run_id: str, metrics: dict[str, Any], device: str | None) -> dict:
-    """The ``summary.json`` artifact: the metrics with the cell id, the evaluated encoder and the
-    evaluation protocol that produced them (the cell's ``eval`` keys, ``encoder`` resolved)."""
-    protocol = {
-        **dataclasses.asdict(cell.eval),
-        "encoder": cell.eval_encoder,
-        "bn_statistics": EVAL_BN_STATISTICS,
-    }
-    return {
-        "experiment": cell.experiment,
-        "cell_id": cell.cell_id,
-        "run_id": run_id,
-        "eval_encoder": cell.eval_encoder,
-        "protocol": protocol,
-        "device": device,
-        "metrics": metrics,
-    }
-
-
-def numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    """The entries MLflow can store as metrics (numbers, not booleans)."""
-    return {
-        k: float(v)
-        for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    fault: StoreFault | None = None  # the first store fault while the cell ran
+    unsent_tags: dict[str, Any] = field(default_factory=dict)
 
 
 def interrupted_reason(exc: BaseException) -> str:
@@ -105,6 +82,16 @@ def interrupted_reason(exc: BaseException) -> str:
     if not text:
         text = "Ctrl-C, SIGINT" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__
     return f"the runner was interrupted ({text})"
+
+
+def folder_error(folder: Path, exc: OSError) -> str:
+    """The reason of a cell whose folder cannot be written: the folder, the error and the free
+    space there (a full disk is the usual cause)."""
+    return (
+        f"the cell folder {folder} cannot be written ({type(exc).__name__}: "
+        f"{exc.strerror or exc}; {disk.free_space(disk.nearest_existing(folder))}); free space "
+        "there or choose another --workdir"
+    )
 
 
 def _failure_reason(report: _Report, returncode: int, log: Path) -> str:
@@ -137,10 +124,17 @@ def _watch(proc: subprocess.Popen, run: CellRun, view: ProgressView, logf: IO[st
         if kind == "progress":
             view.update(event["step"], event["total"], event.get("loss"), event.get("img_s"))
         elif kind == "metrics":
-            run.log_metrics(numeric(event.get("values", {})), step=event.get("step"))
+            values, step = numeric(event.get("values", {})), int(event.get("step") or 0)
+            report.history.append((step, values))
+            if report.fault is not None:
+                run.queue_metrics(values, step=step)  # kept for the store's return
+            else:
+                _to_store(report, run.log_metrics, values, step=step)
         elif kind == "device":
             report.device = str(event.get("name"))
-            run.set_tags({"suite.device": report.device, "suite.cell_pid": event.get("pid")})
+            tags = {"suite.device": report.device, "suite.cell_pid": event.get("pid")}
+            if not _to_store(report, run.set_tags, tags):
+                report.unsent_tags.update(tags)
         elif kind == "result":
             report.result = dict(event.get("metrics", {}))
         elif kind == "error":
@@ -148,6 +142,19 @@ def _watch(proc: subprocess.Popen, run: CellRun, view: ProgressView, logf: IO[st
             report.traceback = event.get("traceback")
     logf.flush()
     return report
+
+
+def _to_store(report: _Report, call: Any, *args: Any, **kwargs: Any) -> bool:
+    """``call(*args, **kwargs)`` unless the store failed earlier in this cell; a store fault is
+    kept in ``report`` (the cell trains on), not raised. True when the call went through."""
+    if report.fault is not None:
+        return False
+    try:
+        call(*args, **kwargs)
+    except StoreFault as fault:
+        report.fault = fault
+        return False
+    return True
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -170,15 +177,31 @@ def train_and_record(
     device: str,
     view: ProgressView,
 ) -> CellOutcome:
-    """Lock the cell's folder, open its run, train it in a child process, record the result."""
+    """Lock the cell's folder, open its run, train it in a child process, record the result; a
+    cell trained earlier whose result the store never got is recorded from its saved
+    ``summary.json`` instead (module docstring)."""
+    from suite.runtime import remove_stale_temp_files
+
     cell = planned.cell
     folder = cell_folder(workdir, tracker.experiment, cell.cell_id)
     lock = CellLock(folder / "lock")
-    if not lock.acquire():
+    try:
+        held = lock.acquire()
+    except OSError as exc:
+        return CellOutcome(planned, "FAILED", folder_error(folder, exc))
+    if not held:
         return CellOutcome(planned, BUSY, f"locked by another runner ({folder / 'lock'})")
     try:
-        if cell.cell_id in tracker.finished_cell_ids():
+        remove_stale_temp_files(folder)
+        try:
+            finished = tracker.finished_cell_ids()
+        except StoreFault as fault:
+            return CellOutcome(planned, NOT_STARTED, str(fault), fault=fault)
+        if cell.cell_id in finished:
             return CellOutcome(planned, SKIPPED, "finished by another runner meanwhile")
+        saved = read_saved(folder, cell.cell_id)
+        if saved is not None:
+            return record_saved(planned, tracker, folder, saved)
         return _run_child(planned, tracker, folder, device, view)
     finally:
         lock.release()
@@ -189,10 +212,14 @@ def _run_child(
 ) -> CellOutcome:
     cell = planned.cell
     log = folder / "log.txt"
-    run = tracker.start_cell(
-        cell, extra_tags={EVAL_ENCODER_TAG: cell.eval_encoder, "suite.workdir": str(folder)}
-    )
-    command = child_command(cell.nproc, write_cell(cell, folder / "cell.json"), folder, device)
+    try:
+        command = child_command(cell.nproc, write_cell(cell, folder / "cell.json"), folder, device)
+    except OSError as exc:  # before any run is opened: nothing to end
+        return CellOutcome(planned, "FAILED", folder_error(folder, exc))
+    try:
+        run = tracker.start_cell(cell, extra_tags=cell_tags(cell, folder))
+    except StoreFault as fault:
+        return CellOutcome(planned, NOT_STARTED, str(fault), fault=fault)
     proc = None
     try:
         with open(log, "a") as logf:
@@ -211,6 +238,8 @@ def _run_child(
         if proc is not None:
             _stop(proc)
         reason = f"the runner failed while watching the cell: {type(exc).__name__}: {exc}"
+        if disk.is_full_error(exc):
+            reason = folder_error(folder, exc)
         with contextlib.suppress(Exception):
             run.finish("FAILED", reason)
         return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log)
@@ -222,22 +251,61 @@ def _run_child(
         raise
     finally:
         view.clear()
-    if returncode == 0 and report.result is not None:
-        metrics = report.result
-        try:
-            run.log_metrics(numeric(metrics), step=int(metrics.get("train/steps", 0) or 0))
-            run.log_dict(summary(cell, run.run_id, metrics, report.device), "summary.json")
-            run.finish("FINISHED")
-            return CellOutcome(planned, "FINISHED", None, metrics, run.run_id, log)
-        except Exception as exc:  # the cell trained, but its result could not be stored
-            reason = f"recording the result failed: {type(exc).__name__}: {exc}"
-    else:
+    # a store that failed during the cell has had its retry budget: one more attempt, no waiting
+    with retry_budget(0) if report.fault is not None else contextlib.nullcontext():
+        if returncode == 0 and report.result is not None:
+            return _record_result(planned, run, folder, report)
         reason = _failure_reason(report, returncode, log)
-    if report.traceback:
-        with contextlib.suppress(Exception):
-            run.log_text(report.traceback, "traceback.txt")
-    run.finish("FAILED", reason)
+        if report.traceback and report.fault is None:
+            with contextlib.suppress(Exception):
+                run.log_text(report.traceback, "traceback.txt")
+        try:
+            run.finish("FAILED", reason)
+        except StoreFault as fault:
+            return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log, fault=fault)
+        return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log)
+
+
+def _record_result(
+    planned: PlannedCell, run: CellRun, folder: Path, report: _Report
+) -> CellOutcome:
+    """Save the result in the cell folder, then log it and end the run FINISHED (the queued
+    metrics of an outage included, when the store is back)."""
+    cell, log = planned.cell, folder / "log.txt"
+    metrics = report.result or {}
+    record = summary(cell, run.run_id, metrics, report.device)
+    try:
+        saved: Path | None = write_saved(folder, record, report.history)
+        unsaved = ""
+    except OSError as exc:
+        saved, unsaved = None, f"; its summary.json could not be saved either ({exc})"
+    try:
+        if report.unsent_tags:
+            run.set_tags(report.unsent_tags)
+        run.log_metrics(numeric(metrics), step=int(metrics.get("train/steps", 0) or 0))
+        run.log_dict(record, "summary.json")
+        run.finish("FINISHED")
+        return CellOutcome(planned, "FINISHED", None, metrics, run.run_id, log)
+    except StoreFault as fault:
+        status = UNRECORDED if saved is not None else "FAILED"
+        reason = f"trained, but not recorded: {fault}{unsaved}"
+        return CellOutcome(planned, status, reason, metrics, run.run_id, log, fault, saved)
+    except Exception as exc:  # the cell trained, but its result could not be stored
+        reason = f"recording the result failed: {type(exc).__name__}: {exc}"
+    try:
+        run.finish("FAILED", reason)
+    except StoreFault as fault:
+        return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log, fault, saved)
     return CellOutcome(planned, "FAILED", reason, {}, run.run_id, log)
 
 
-__all__ = ["BUSY", "SKIPPED", "CellOutcome", "numeric", "summary", "train_and_record"]
+__all__ = [
+    "BUSY",
+    "NOT_STARTED",
+    "SKIPPED",
+    "UNRECORDED",
+    "CellOutcome",
+    "numeric",
+    "summary",
+    "train_and_record",
+]

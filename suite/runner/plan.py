@@ -182,11 +182,17 @@ def config_label(values: dict[str, Any]) -> str:
     return " ".join(parts) or "all cells"
 
 
+def folder_name(experiment: str) -> str:
+    """The experiment name as one folder name: characters other than letters, digits, ``.``,
+    ``-``, ``_`` replaced by ``_``, leading and trailing dots and underscores removed, so that no
+    name (``../../x``, ``/abs``) leads out of the folder it is joined to."""
+    return re.sub(r"[^\w.-]+", "_", experiment).strip("._") or "experiment"
+
+
 def cell_folder(workdir: Path | str, experiment: str, cell_id: str) -> Path:
     """``<workdir>/<experiment>/<cell_id>``: the cell's stable checkpoint and log folder (the
-    experiment name with characters other than letters, digits, ``.``, ``-``, ``_`` replaced)."""
-    safe = re.sub(r"[^\w.-]+", "_", experiment).strip("._") or "experiment"
-    return Path(workdir) / safe / cell_id
+    experiment name as :func:`folder_name`)."""
+    return Path(workdir) / folder_name(experiment) / cell_id
 
 
 def build_plan(experiment: Experiment, tracking_uri: str, shard: Shard | None = None) -> Plan:

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from suite.tracking.faults import StoreFault
 from suite.tracking.store import with_retry
 
 if TYPE_CHECKING:
@@ -66,7 +67,16 @@ class CellRun:
 
     # -- metrics and tags ----------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float | None], step: int | None = None) -> None:
-        """Queue ``metrics`` at ``step`` (0 when None); None values are skipped, NaN/inf kept."""
+        """Queue ``metrics`` at ``step`` (0 when None); None values are skipped, NaN/inf kept;
+        write the queue when it is due (class docstring)."""
+        self.queue_metrics(metrics, step)
+        due = time.monotonic() - self._last_flush >= self.flush_every_s
+        if len(self._pending) >= MAX_PER_BATCH or due:
+            self.flush()
+
+    def queue_metrics(self, metrics: dict[str, float | None], step: int | None = None) -> None:
+        """Queue ``metrics`` at ``step`` without writing: while the store is unreachable, the
+        queue keeps them for the next :meth:`flush`."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -78,9 +88,6 @@ class CellRun:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"metric {key!r}: value {value!r} is not a number") from exc
             self._pending.append(Metric(check_metric_name(key), number, now, int(step or 0)))
-        due = time.monotonic() - self._last_flush >= self.flush_every_s
-        if len(self._pending) >= MAX_PER_BATCH or due:
-            self.flush()
 
     def flush(self) -> None:
         """Write the queued metrics (chunks of 1000 per ``log_batch``)."""
@@ -124,9 +131,9 @@ class CellRun:
         if not path.exists():
             raise FileNotFoundError(f"artifact {path} does not exist")
         if path.is_dir():
-            self._client.log_artifacts(self.run_id, str(path), artifact_path)
+            with_retry(self._client.log_artifacts, self.run_id, str(path), artifact_path)
         else:
-            self._client.log_artifact(self.run_id, str(path), artifact_path)
+            with_retry(self._client.log_artifact, self.run_id, str(path), artifact_path)
 
     # -- end -----------------------------------------------------------------------------------
     def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
@@ -140,6 +147,8 @@ class CellRun:
             raise ValueError(f"run status {status!r} is invalid; valid: {', '.join(END_STATUSES)}")
         try:
             self.flush()
+        except StoreFault:
+            raise  # the store is gone: ending the run would fail the same way
         except Exception as exc:
             self._end("FAILED", f"metrics could not be logged: {exc}")
             raise

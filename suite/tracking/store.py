@@ -10,6 +10,9 @@ Matrix shards on one host may share one SQLite file. Two things can go wrong the
   database's folder (after the slow imports, so only the schema check/migration is serial).
 
 A retried call either committed nothing (the lock error aborts its transaction) or is idempotent.
+A store that stops answering (a server unreachable, a full disk) is raised by :func:`with_retry` as
+:class:`suite.tracking.faults.StoreFault`; inside :func:`suite.tracking.faults.retry_budget` (the
+runner) an unreachable server is retried for that budget in seconds first.
 
 Reading (:func:`open_reader`, for ``plan``, ``check`` and ``report``) never writes: a SQLite store
 that does not exist is "no runs yet" (nothing is created), and an existing one is opened through
@@ -31,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from suite.tracking import faults
 from suite.tracking.uri import TrackingError, sqlite_path
 
 if TYPE_CHECKING:
@@ -58,17 +62,34 @@ def is_locked_error(exc: BaseException) -> bool:
 def with_retry(
     fn: Callable[..., T], *args: Any, deadline_s: float = RETRY_DEADLINE_S, **kwargs: Any
 ) -> T:
-    """``fn(*args, **kwargs)``, repeated while it fails with "database is locked" (see module)."""
+    """``fn(*args, **kwargs)``, repeated while it fails with "database is locked" (see module),
+    and, inside :func:`suite.tracking.faults.retry_budget`, while the store is unreachable for at
+    most that budget. A store fault (unreachable, disk full) is raised as
+    :class:`~suite.tracking.faults.StoreFault`, which remembers when the first attempt failed."""
     start = time.monotonic()
+    first_failure: float | None = None
     attempt = 0
     while True:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            if not is_locked_error(exc) or time.monotonic() - start > deadline_s:
-                raise
-            delay = min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)
-            _log.debug("%s: database is locked, retry %d in %.2f s", fn, attempt + 1, delay)
+            elapsed = time.monotonic() - start
+            first_failure = first_failure or time.time()
+            if is_locked_error(exc) and elapsed <= deadline_s:
+                delay = min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)
+                _log.debug("%s: database is locked, retry %d in %.2f s", fn, attempt + 1, delay)
+            elif (
+                faults.fault_kind(exc) == faults.UNREACHABLE
+                and (budget := faults.budget_s()) is not None
+                and elapsed < budget
+            ):
+                delay = min(5.0, 0.5 * 2**attempt, max(budget - elapsed, 0.0))
+                _log.debug("%s: store unreachable, retry %d in %.2f s", fn, attempt + 1, delay)
+            else:
+                fault = faults.as_fault(exc, first_failure)
+                if fault is None or fault is exc:
+                    raise
+                raise fault from exc
             time.sleep(delay)
             attempt += 1
 
@@ -109,7 +130,7 @@ def _init_lock(uri: str, wait_s: float = RETRY_DEADLINE_S) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet(*names: str, level: int = logging.WARNING) -> Iterator[None]:
+def quiet(*names: str, level: int = logging.WARNING) -> Iterator[None]:
     """Raise the named loggers to ``level`` inside the block (their previous levels are restored):
     library INFO lines stay out of the user's terminal, warnings and errors do not."""
     loggers = [logging.getLogger(name) for name in names]
@@ -143,7 +164,7 @@ def open_client(uri: str) -> MlflowClient:
         # importing the SQL store takes seconds: do it before the lock, in parallel
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
-    with _init_lock(uri), _quiet("mlflow", "alembic"):
+    with _init_lock(uri), quiet("mlflow", "alembic"):
         try:
             return with_retry(MlflowClient, tracking_uri=uri)
         except Exception as exc:
@@ -183,7 +204,7 @@ def open_reader(uri: str) -> MlflowClient | None:
     if path is not None and (not path.exists() or path.stat().st_size == 0):
         return None
     try:
-        with _quiet("mlflow", "alembic"):
+        with quiet("mlflow", "alembic"):
             if path is not None:
                 return _read_only_sqlite_client(path)
             from mlflow import MlflowClient

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from suite.cell import EVAL_BN_STATISTICS
 from suite.tracking.env import environment_tags
+from suite.tracking.faults import StoreFault
 from suite.tracking.run import FAILURE_TAG, MAX_TAG_CHARS, CellRun, param_value
 from suite.tracking.store import open_client, quote, search_all, with_retry
 from suite.tracking.uri import TrackingError, sqlite_path
@@ -163,6 +164,8 @@ class Tracker:
                 self._end_stale(old.info.run_id, info.run_id)
             run.log_dict(cell.to_dict(), "config.json")
             run.log_dict(cell.to_dict(), "config.yaml")
+        except StoreFault:
+            raise  # ending the run would fail the same way; the next start_cell ends it KILLED
         except BaseException as exc:
             run.finish("FAILED", f"the run could not be set up: {type(exc).__name__}: {exc}")
             raise
