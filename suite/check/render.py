@@ -195,7 +195,8 @@ def render_check(result: CheckResult) -> str:
         )
     if counts["missing"] and not result.allow_missing:
         tail.append(
-            "missing: some selected cells have no finished run; run them "
-            f"(bnsuite run {result.experiment_path}) or pass --allow-missing"
+            "missing: some selected cells have no finished run that logged the metric (not run "
+            f"yet, failed, or the metric absent); run them (bnsuite run {result.experiment_path}) "
+            "or pass --allow-missing"
         )
     return "\n".join(head) + "\n\n".join(parts) + "\n".join(tail)
