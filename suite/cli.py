@@ -300,7 +300,6 @@ def add_check(sub: Any) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    import json
     import shlex
     from pathlib import Path
 
@@ -345,10 +344,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         result = check_plan(plan, baselines, allow_missing=args.allow_missing, strict=args.strict)
     except (ConfigError, TrackingError, ValueError) as exc:
         return usage_error(exc, "check")
-    if args.json:
-        print(json.dumps(result.to_json(), indent=1))
-    else:
-        print(render_check(result))
+    return _print_result(result, args.json, render_check)
+
+
+def _print_result(result: Any, as_json: bool, render: Any) -> int:
+    """Print a check's or a comparison's result (its JSON, or its text) and return its exit
+    code."""
+    import json
+
+    print(json.dumps(result.to_json(), indent=1) if as_json else render(result))
     return result.exit_code
 
 
@@ -403,7 +407,6 @@ def add_compare(sub: Any) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import json
 
     from suite.check.compare import compare_plans, read_side, render_comparison
     from suite.config import ConfigError
@@ -433,11 +436,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
     except (ConfigError, TrackingError, ValueError) as exc:
         return usage_error(exc, "compare")
-    if args.json:
-        print(json.dumps(result.to_json(), indent=1))
-    else:
-        print(render_comparison(result))
-    return result.exit_code
+    return _print_result(result, args.json, render_comparison)
 
 
 # -- report --------------------------------------------------------------------------------------
