@@ -112,8 +112,8 @@ class NoiseSpec:
     an sd known from elsewhere), with its degrees of freedom ``sd_df`` (None: taken as known)
     and ``sd_source``. ``ref_sd``: the sd of the compared number's own runs — a paper number is
     one run with its own seed noise; ``"measured"`` (the default for ``expected ± tolerance``)
-    assumes the measured per-seed sd; ``ref_n`` runs (1: a single run). ``pool``: the
-    measurement's sd pooled over the section's entries of the same metric (arms of one design).
+    assumes the measured per-seed sd; ``ref_n`` runs (1: a single run). Whether the
+    measurement's sd is pooled is the section's ``pool_sd`` (:attr:`Baseline.pool_sd`).
     """
 
     sd: float | None = None
@@ -122,7 +122,6 @@ class NoiseSpec:
     ref_sd: float | str | None = None
     ref_n: float = 1.0
     ref_sd_source: str = ""
-    pool: bool = False
 
 
 @dataclass(frozen=True)
@@ -288,7 +287,6 @@ def _section(file: str, name: str, raw: Any, errors: list[str]) -> Baseline:
     if not isinstance(pool, bool):
         errors.append(f"{path}.pool_sd: {show(pool)} is not true or false")
         pool = False
-    defaults["pool_sd"] = pool
     defaults.update({k: raw[k] for k in NOISE_KEYS if k in raw})
     entries, relations = raw.get("entries") or [], raw.get("relations") or []
     if not isinstance(entries, list):
@@ -354,7 +352,6 @@ def _noise(raw: Mapping[str, Any], path: str, defaults: Mapping[str, Any], error
         ref_sd=ref_sd,
         ref_n=ref_n or 1.0,
         ref_sd_source=sources["ref_sd_source"],
-        pool=bool(defaults.get("pool_sd", False)),
     )
 
 

@@ -115,7 +115,7 @@ def measurement_sd(
     if noise.sd is not None:
         df = math.inf if noise.sd_df is None else noise.sd_df
         return noise.sd, df, 1, f"sd {noise.sd:.4g} stated ({noise.sd_source or 'no source'})"
-    if noise.pool and pooled is not None:
+    if pooled is not None:
         sd, df, arms = pooled
         return sd, df, arms, f"sd {sd:.4g} pooled over {arms} arms (df {df:g})"
     if stat.n > 1:
@@ -265,7 +265,7 @@ def judge_baselines(
                     entry,
                     sel,
                     allow_missing,
-                    pooled=pooled.get((entry.metric, entry.unit)),
+                    pooled=pooled.get((entry.metric, entry.unit)) if baseline.pool_sd else None,
                     regression_alpha=alpha_each,
                 )
             )

@@ -8,7 +8,6 @@ error (``inf`` when the sd is taken as known). The tests are then t-tests on ``d
   two one-sided tests (TOST) of an equivalence claim; with one end a one-sided test of a bound.
   Decided at level ``alpha`` through the ``1 − 2·alpha`` confidence interval: inside → ``inside``,
   wholly outside → ``outside``, else ``undecided``.
-- :func:`one_sided` — ``H1: value < 0`` or ``> 0`` (a directional relation).
 - :func:`prediction_bound` — the threshold one new mean of ``m`` runs must not cross, given a
   baseline of ``n`` runs (``mean ∓ t(1 − alpha, n − 1) · sd · √(1/m + 1/n)``).
 - :func:`holm` — Holm's step-down adjustment of a family of p-values.
@@ -73,9 +72,6 @@ class Estimate:
 
     def p_two_sided(self, x: float = 0.0) -> float:
         return min(1.0, 2.0 * min(self.p_above(x), self.p_below(x)))
-
-    def shifted(self, by: float) -> Estimate:
-        return Estimate(self.value + by, self.se, self.df)
 
 
 NO_ESTIMATE = Estimate(math.nan, math.nan, 0.0)
@@ -157,12 +153,6 @@ def interval_test(
     else:
         outcome = UNDECIDED
     return IntervalTest(outcome, ci, p_in, p_out)
-
-
-def one_sided(est: Estimate, direction: str) -> tuple[float, float]:
-    """``(p for H1, p for the opposite H1)`` with ``direction`` ``"<"`` (value < 0) or ``">"``."""
-    below, above = est.p_below(0.0), est.p_above(0.0)
-    return (below, above) if direction == "<" else (above, below)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
